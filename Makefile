@@ -1,0 +1,23 @@
+# `make demo` sets up .venv on first use and runs the main job on the built-in demo scene.
+# `make test` sets up .venv on first use and runs the test suite (what CI runs).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: demo test bench clean-venv
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) backproject.py --demo
+
+test: $(VENV)/.installed
+	bash tests/ensure_browser.sh
+	$(PY) -m pytest -q -ra tests
+
+clean-venv:
+	rm -rf $(VENV)

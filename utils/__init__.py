@@ -1,0 +1,1 @@
+"""Library code of the feature-splatting toolkit. Importing it has no side effects."""

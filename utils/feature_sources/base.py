@@ -1,0 +1,76 @@
+"""The interface every 2D feature source implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from ..camera import Camera
+
+
+@dataclass
+class FeatureMap:
+    """Per-pixel features of one view, at the source's own resolution.
+
+    features: [h, w, D] float32. For sources with a text space these are unit-normalised per pixel.
+    resize: how the lifting engine maps them to the render size (H, W) when (h, w) != (H, W):
+        "bilinear" = torch `interpolate(mode="bilinear", align_corners=False)`; "nearest" = `mode="nearest"`.
+        Bilinear is linear in the features, so the engine may fold it into the weights instead of upsampling.
+    valid: optional [h, w] bool; pixels with False contribute nothing (neither numerator nor weight).
+    """
+
+    features: Tensor
+    resize: Literal["bilinear", "nearest"] = "bilinear"
+    valid: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        assert self.features.ndim == 3, self.features.shape
+        if self.valid is not None:
+            assert tuple(self.valid.shape) == tuple(self.features.shape[:2]), (self.valid.shape, self.features.shape)
+
+
+@dataclass
+class SourceInfo:
+    """What a features file records about its feature space.
+
+    name: the source name used on the command line (`rgb`, `maps`, `lseg`, `clip`, `dino`).
+    space: the feature space, e.g. `clip:ViT-B-32-quickgelu`, `labels`, `rgb`, `dino:vit_small_patch14_dinov2`.
+    dim: D.
+    class_names: names of the label ids for label spaces, else None.
+    text_encoder: how to encode text queries in this space (e.g. {"kind": "lseg", "checkpoint": path} or
+        {"kind": "open_clip", "model": "ViT-B-16", "weights": path}); None when the space has no text.
+    """
+
+    name: str
+    space: str
+    dim: int
+    class_names: list[str] | None = None
+    text_encoder: dict | None = field(default=None)
+
+
+class FeatureSource(ABC):
+    """Computes 2D features for views. Runs on the scene's own RGB renders (and may ignore them, e.g. `maps`)."""
+
+    info: SourceInfo
+
+    @abstractmethod
+    def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
+        """images: [B, H, W, 3] float32 RGB renders in [0, 1] of `cameras` (B = len(cameras)). One FeatureMap per view."""
+
+    def check_views(self, cameras: list[Camera]) -> None:
+        """Raise `UserError` before any work if some view cannot be served (e.g. a missing map). Default: all fine."""
+        return None
+
+    @property
+    def batch_size(self) -> int:
+        """How many views to hand over per call."""
+        return 1
+
+
+def unit_normalize(features: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """L2-normalise along `dim`; zero vectors stay zero."""
+    return features / features.norm(dim=dim, keepdim=True).clamp_min(eps)
