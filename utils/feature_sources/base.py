@@ -56,19 +56,19 @@ class FeatureSource(ABC):
     """Computes 2D features for views. Runs on the scene's own RGB renders (and may ignore them, e.g. `maps`)."""
 
     info: SourceInfo
+    # False for sources that read their maps from disk: the engine then skips the RGB render and passes None.
+    needs_images: bool = True
+    # How many views to hand over per call (a class default; `--batch-views` sets it per instance).
+    batch_size: int = 1
 
     @abstractmethod
-    def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
-        """images: [B, H, W, 3] float32 RGB renders in [0, 1] of `cameras` (B = len(cameras)). One FeatureMap per view."""
+    def __call__(self, images: Tensor | None, cameras: list[Camera]) -> list[FeatureMap]:
+        """images: [B, H, W, 3] float32 RGB renders in [0, 1] of `cameras` (B = len(cameras), all the same size),
+        or None when `needs_images` is False. One FeatureMap per view."""
 
     def check_views(self, cameras: list[Camera]) -> None:
         """Raise `UserError` before any work if some view cannot be served (e.g. a missing map). Default: all fine."""
         return None
-
-    @property
-    def batch_size(self) -> int:
-        """How many views to hand over per call."""
-        return 1
 
 
 def unit_normalize(features: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:

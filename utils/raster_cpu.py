@@ -1,0 +1,362 @@
+"""CPU tile rasterizer (numba) with gsplat 1.5.3's compositing numerics.
+
+Pipeline for one view (input: a `Projection`):
+1. `bin_tiles`: sort the visible Gaussians front to back by camera z (stable: ties keep index order) and bucket
+   them into 16x16 tiles with a counting sort, so every tile's list is already depth sorted (equivalent to gsplat's
+   radix sort of (tile << 32 | depth bits) keys, without sorting the intersections themselves).
+2. `_tile_kernel`: parallel over tiles; for every pixel, front to back:
+   sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)); skip if sigma < 0 or alpha < 1/255;
+   T_next = T (1 - alpha); stop (without adding) if T_next <= 1e-4; else accumulate w = alpha T and T = T_next.
+   All float32 like gsplat's CUDA kernel.
+3. Contributions (the sparse weights w per pixel) come from a second pass: pass 1 counts per pixel, a prefix sum
+   gives each pixel's slot, pass 2 repeats the same decisions and writes (pixel, gaussian, weight).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from .projection import ALPHA_THRESHOLD, Projection
+from .render import Contributions
+
+TILE = 16
+_F = np.float32
+_T_MIN = 1e-4  # transmittance at which a pixel is done
+_MAX_ALPHA = 0.999
+# Gaussians with sigma > ln(255 o) + margin have alpha < 1/255 whatever the float rounding: skip them without exp.
+_SIGMA_MARGIN = 1e-3
+
+
+@dataclass
+class TileBins:
+    """Per-tile, depth-sorted Gaussian lists in CSR form.
+
+    order: [M] int32 indices of the binned Gaussians sorted front to back (stable); "rank" = position in `order`.
+    offsets: [tiles_y * tiles_x + 1] int64; ranks: [n_isects] int32, increasing within a tile;
+    tile (ty, tx) holds ranks[offsets[ty * tiles_x + tx] : offsets[ty * tiles_x + tx + 1]].
+    gauss: [M, 10] float32 per rank: (mx, my, a, b, c, opacity, z, sigma_skip, ry, rx), where alpha < 1/255 for
+    sure once sigma > sigma_skip = ln(255 o) + margin.
+    Ranks rather than Gaussian ids so the tile kernel reads depth-sorted per-Gaussian data in increasing address order.
+    """
+
+    offsets: np.ndarray
+    ranks: np.ndarray
+    order: np.ndarray
+    gauss: np.ndarray
+    tiles_x: int
+    tiles_y: int
+
+    @property
+    def num_isects(self) -> int:
+        return int(self.ranks.shape[0])
+
+    @property
+    def ids(self) -> np.ndarray:
+        """[n_isects] Gaussian indices (same layout as `ranks`)."""
+        return self.order[self.ranks]
+
+
+@numba.njit(cache=True)
+def _tile_rect(mx, my, rx, ry, tiles_x, tiles_y):  # pragma: no cover - numba
+    # Same float32 expressions as gsplat's isect kernel; negative values saturate to 0 like a CUDA float->uint cast.
+    ts = _F(TILE)
+    tx, ty = mx / ts, my / ts
+    trx, try_ = rx / ts, ry / ts
+    x0 = min(max(0, int(math.floor(tx - trx))), tiles_x)
+    y0 = min(max(0, int(math.floor(ty - try_))), tiles_y)
+    x1 = min(max(0, int(math.ceil(tx + trx))), tiles_x)
+    y1 = min(max(0, int(math.ceil(ty + try_))), tiles_y)
+    return x0, y0, x1, y1
+
+
+@numba.njit(parallel=True, cache=True)
+def _pack_kernel(order, means2d, conics, opacities, depths, radii):  # pragma: no cover - numba
+    out = np.empty((order.shape[0], 10), np.float32)
+    for r in numba.prange(order.shape[0]):
+        g = order[r]
+        out[r, 0] = means2d[g, 0]
+        out[r, 1] = means2d[g, 1]
+        out[r, 2] = conics[g, 0]
+        out[r, 3] = conics[g, 1]
+        out[r, 4] = conics[g, 2]
+        out[r, 5] = opacities[g]
+        out[r, 6] = depths[g]
+        # alpha = o exp(-sigma) < 1/255 exactly when sigma > ln(255 o); the margin absorbs float32 rounding.
+        out[r, 7] = np.float32(math.log(255.0 * np.float64(opacities[g])) + _SIGMA_MARGIN)
+        out[r, 8] = np.float32(radii[g, 1])
+        out[r, 9] = np.float32(radii[g, 0])
+    return out
+
+
+@numba.njit(cache=True)
+def _bin_kernel(gauss, tiles_x, tiles_y):  # pragma: no cover - numba
+    n_tiles = tiles_x * tiles_y
+    M = gauss.shape[0]
+    counts = np.zeros(n_tiles + 1, np.int64)
+    for r in range(M):
+        x0, y0, x1, y1 = _tile_rect(gauss[r, 0], gauss[r, 1], gauss[r, 9], gauss[r, 8], tiles_x, tiles_y)
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                counts[ty * tiles_x + tx + 1] += 1
+    offsets = np.cumsum(counts)
+    cursor = offsets[:-1].copy()
+    ranks = np.empty(offsets[-1], np.int32)
+    # Visiting Gaussians in depth order makes every tile's bucket depth sorted (a stable counting sort).
+    for r in range(M):
+        x0, y0, x1, y1 = _tile_rect(gauss[r, 0], gauss[r, 1], gauss[r, 9], gauss[r, 8], tiles_x, tiles_y)
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                t = ty * tiles_x + tx
+                ranks[cursor[t]] = r
+                cursor[t] += 1
+    return offsets, ranks
+
+
+def bin_tiles(proj: Projection) -> TileBins:
+    """Depth-sorted per-tile Gaussian lists for the valid Gaussians of `proj` (radii > 0 in both axes)."""
+    tiles_x = (proj.width + TILE - 1) // TILE
+    tiles_y = (proj.height + TILE - 1) // TILE
+    valid = proj.valid.numpy()
+    radii = proj.radii.numpy()
+    keep = np.flatnonzero(valid & (radii[:, 0] > 0) & (radii[:, 1] > 0)).astype(np.int32)
+    depths = proj.depths.numpy()
+    # Stable sort on z (z >= near > 0, so float order = gsplat's bit-pattern order); ties keep index order.
+    order = keep[np.argsort(depths[keep], kind="stable")]
+    gauss = _pack_kernel(order, proj.means2d.numpy(), proj.conics.numpy(), proj.opacities.numpy(), depths, radii)
+    offsets, ranks = _bin_kernel(gauss, tiles_x, tiles_y)
+    return TileBins(offsets, ranks, order, gauss, tiles_x, tiles_y)
+
+
+@numba.njit(cache=True)
+def _accumulate_rows(acc, colors, g, buf_li, buf_w, nb):  # pragma: no cover - numba
+    # acc[li] += w * colors[g] for the pixels one Gaussian reached: a plain loop over D that LLVM vectorises
+    # (inside the branchy pixel loop it would not be), which is what makes wide features cheap.
+    c = colors[g]
+    D = c.shape[0]
+    for m in range(nb):
+        a = acc[buf_li[m]]
+        w = buf_w[m]
+        for d in range(D):
+            a[d] += c[d] * w
+
+
+@numba.njit(parallel=True, cache=True)
+def _tile_kernel(
+    offsets, ranks, order, tile_order, tiles_x, width, height, gauss, colors, background,
+    do_color, do_count, do_fill,
+    out_color, out_T, out_depth, counts, pix_offsets, c_pixel, c_gauss, c_weight,
+):  # pragma: no cover - numba
+    """One pass over all tiles (parallel). gauss: `TileBins.gauss` (per-rank packed Gaussians).
+    do_color: composite colours/depth/T; do_count: per-pixel contribution counts; do_fill: write contributions
+    at pix_offsets (the prefix sum of a counting pass).
+
+    Loops run Gaussian-major inside a tile (each pixel still sees its Gaussians front to back, so the result is the
+    per-pixel loop's), and a Gaussian only visits the pixels where sigma <= ln(255 o) + margin (an ellipse, row by
+    row): everywhere else alpha < 1/255 by a wide margin, so skipping them changes nothing but saves most of the work."""
+    thr = _F(ALPHA_THRESHOLD)
+    one = _F(1.0)
+    half = _F(0.5)
+    amax = _F(_MAX_ALPHA)
+    tmin = _F(_T_MIN)
+    D = colors.shape[1]
+    for q in numba.prange(tile_order.shape[0]):
+        t = tile_order[q]
+        ty, tx = t // tiles_x, t % tiles_x
+        i0, j0 = ty * TILE, tx * TILE
+        i1, j1 = min(i0 + TILE, height), min(j0 + TILE, width)
+        npx = (i1 - i0) * (j1 - j0)
+        T = np.ones(TILE * TILE, np.float32)
+        done = np.zeros(TILE * TILE, np.bool_)
+        cnt = np.zeros(TILE * TILE, np.int32)
+        dep = np.zeros(TILE * TILE, np.float32)
+        acc = np.zeros((TILE * TILE, D), np.float32)
+        cur = np.zeros(TILE * TILE, np.int64)
+        buf_li = np.empty(TILE * TILE, np.int64)
+        buf_w = np.empty(TILE * TILE, np.float32)
+        if do_fill:
+            for i in range(i0, i1):
+                for j in range(j0, j1):
+                    cur[(i - i0) * TILE + (j - j0)] = pix_offsets[i * width + j]
+        ndone = 0
+        for k in range(offsets[t], offsets[t + 1]):
+            if ndone == npx:
+                break  # every pixel of the tile is saturated
+            r = ranks[k]
+            g = order[r]
+            mx, my = gauss[r, 0], gauss[r, 1]
+            ca, cb, cc = gauss[r, 2], gauss[r, 3], gauss[r, 4]
+            op, z, skip = gauss[r, 5], gauss[r, 6], gauss[r, 7]
+            # Rows whose pixel centres are within ry + 1/2 of my (the opacity-aware box, grown for rounding).
+            ry = np.float64(gauss[r, 8]) + 0.5
+            ia = max(i0, int(math.ceil(np.float64(my) - ry - 0.5)))
+            ib = min(i1, int(math.floor(np.float64(my) + ry - 0.5)) + 1)
+            a64, b64, c64, s64 = np.float64(ca), np.float64(cb), np.float64(cc), np.float64(skip)
+            inv_a = 1.0 / a64
+            mx64 = np.float64(mx)
+            nb = 0
+            for i in range(ia, ib):
+                dy = my - (_F(i) + half)
+                # On this row sigma(dx) = a dx^2 / 2 + b dy dx + c dy^2 / 2 <= skip only between the two roots:
+                # outside them the pixel would be skipped anyway (sigma > ln(255 o) + margin), so only the pixels
+                # between them (plus 0.01 px for rounding) are visited. Float64 for the bounds only.
+                dy64 = np.float64(dy)
+                disc = b64 * b64 * dy64 * dy64 - a64 * (c64 * dy64 * dy64 - 2.0 * s64)
+                if disc < 0.0:
+                    continue
+                # dx = mx - px in [(-b dy - sq) / a, (-b dy + sq) / a]  <=>  px in [centre - half_w, centre + half_w]
+                centre = mx64 + b64 * dy64 * inv_a
+                half_w = math.sqrt(disc) * inv_a
+                ja = max(j0, int(math.ceil(centre - half_w - 0.5 - 0.01)))
+                jb = min(j1, int(math.floor(centre + half_w - 0.5 + 0.01)) + 1)
+                for j in range(ja, jb):
+                    li = (i - i0) * TILE + (j - j0)
+                    if done[li]:
+                        continue
+                    dx = mx - (_F(j) + half)
+                    sigma = half * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < 0 or sigma > skip:
+                        continue
+                    alpha = min(amax, op * math.exp(-sigma))
+                    if alpha < thr:
+                        continue
+                    Tl = T[li]
+                    T_next = Tl * (one - alpha)
+                    if T_next <= tmin:
+                        done[li] = True  # the pixel is done; this Gaussian is not added
+                        ndone += 1
+                        continue
+                    w = alpha * Tl
+                    if do_color:
+                        buf_li[nb] = li
+                        buf_w[nb] = w
+                        nb += 1
+                        dep[li] += z * w
+                    if do_fill:
+                        pos = cur[li]
+                        c_pixel[pos] = i * width + j
+                        c_gauss[pos] = g
+                        c_weight[pos] = w
+                        cur[li] = pos + 1
+                    cnt[li] += 1
+                    T[li] = T_next
+            if do_color and nb > 0:
+                _accumulate_rows(acc, colors, g, buf_li, buf_w, nb)
+        for i in range(i0, i1):
+            for j in range(j0, j1):
+                li = (i - i0) * TILE + (j - j0)
+                pix = i * width + j
+                if do_count:
+                    counts[pix] = cnt[li]
+                if do_color:
+                    out_T[pix] = T[li]
+                    out_depth[pix] = dep[li]
+                    for d in range(D):
+                        out_color[pix, d] = acc[li, d] + T[li] * background[d]
+
+
+@dataclass
+class RasterResult:
+    """colors: [H, W, D] sum w c + T background (None if no colours were given).
+    transmittance: [H, W] final T (alpha = 1 - T). depth: [H, W] sum w z (un-normalised).
+    contributions: per-pixel weights when asked for."""
+
+    colors: Tensor | None
+    transmittance: Tensor
+    depth: Tensor
+    contributions: Contributions | None
+
+
+def _tile_order(n_tiles: int) -> np.ndarray:
+    # A fixed pseudo-random tile order spreads the expensive (central) tiles evenly over numba's static chunks.
+    return np.random.default_rng(0).permutation(n_tiles).astype(np.int64)
+
+
+_EF = np.empty(0, np.float32)
+_EI = np.empty(0, np.int32)
+_EL = np.empty(0, np.int64)
+_E2 = np.empty((0, 0), np.float32)
+
+
+def _contributions(bins: TileBins, proj: Projection, order: np.ndarray, counts: np.ndarray) -> Contributions:
+    hw = proj.width * proj.height
+    pix_offsets = np.zeros(hw + 1, np.int64)
+    np.cumsum(counts, out=pix_offsets[1:])
+    M = int(pix_offsets[-1])
+    c_pixel = np.empty(M, np.int32)
+    c_gauss = np.empty(M, np.int32)
+    c_weight = np.empty(M, np.float32)
+    _tile_kernel(
+        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, proj.width, proj.height, bins.gauss, _E2, _EF,
+        False, False, True,
+        _E2, _EF, _EF, _EI, pix_offsets, c_pixel, c_gauss, c_weight,
+    )  # fmt: skip
+    t = torch.from_numpy
+    return Contributions(t(c_pixel), t(c_gauss), t(c_weight), proj.height, proj.width, offsets=t(pix_offsets))
+
+
+def rasterize(
+    proj: Projection,
+    colors: Tensor | None,
+    background: Tensor | None = None,
+    *,
+    return_contributions: bool = False,
+    bins: TileBins | None = None,
+) -> RasterResult:
+    """Composite `colors` ([N, D] float, any D >= 1, or None for depth/alpha only) over the projected Gaussians.
+
+    background: [D] or None (= 0). Returns CPU float32 tensors.
+    """
+    H, W = proj.height, proj.width
+    N = proj.means2d.shape[0]
+    if colors is None:
+        cols = np.zeros((N, 0), np.float32)
+    else:
+        assert colors.ndim == 2 and colors.shape[0] == N, (colors.shape, N)
+        cols = colors.detach().to("cpu", torch.float32).contiguous().numpy()
+    D = cols.shape[1]
+    if background is None:
+        bg = np.zeros(D, np.float32)
+    else:
+        assert tuple(background.shape) == (D,), (background.shape, D)
+        bg = background.detach().to("cpu", torch.float32).contiguous().numpy()
+    if bins is None:
+        bins = bin_tiles(proj)
+    order = _tile_order(bins.tiles_x * bins.tiles_y)
+    out_color = np.empty((H * W, D), np.float32)
+    out_T = np.empty(H * W, np.float32)
+    out_depth = np.empty(H * W, np.float32)
+    counts = np.empty(H * W if return_contributions else 0, np.int32)
+    _tile_kernel(
+        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, W, H, bins.gauss, cols, bg,
+        True, return_contributions, False,
+        out_color, out_T, out_depth, counts, _EL, _EI, _EI, _EF,
+    )  # fmt: skip
+    contrib = _contributions(bins, proj, order, counts) if return_contributions else None
+    t = torch.from_numpy
+    return RasterResult(
+        colors=None if colors is None else t(out_color).reshape(H, W, D),
+        transmittance=t(out_T).reshape(H, W),
+        depth=t(out_depth).reshape(H, W),
+        contributions=contrib,
+    )
+
+
+def rasterize_contributions(proj: Projection, *, bins: TileBins | None = None) -> Contributions:
+    """Only the per-pixel weights w = alpha T (no compositing): a counting pass and a filling pass."""
+    H, W = proj.height, proj.width
+    if bins is None:
+        bins = bin_tiles(proj)
+    order = _tile_order(bins.tiles_x * bins.tiles_y)
+    counts = np.empty(H * W, np.int32)
+    _tile_kernel(
+        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, W, H, bins.gauss, _E2, _EF,
+        False, True, False,
+        _E2, _EF, _EF, counts, _EL, _EI, _EI, _EF,
+    )  # fmt: skip
+    return _contributions(bins, proj, order, counts)
