@@ -18,6 +18,7 @@ import tyro
 from utils.backprojection import DistInfo, LiftOptions, lift_features
 from utils.errors import UserError, run_cli
 from utils.feature_sources.registry import SourceArgs, SourceName, make_source
+from utils.demo_scene import TEST_EVERY as DEMO_TEST_EVERY
 from utils.scene_args import DEMO_ROOT, SceneArgs, load_scene_and_cameras
 
 
@@ -55,7 +56,7 @@ def main(args: Args) -> Path:
         if args.features == "maps" and args.sources.maps_dir is None:
             args.sources.maps_dir = DEMO_ROOT / "labels"
         if args.hold_out_every == 0:
-            args.hold_out_every = 8  # the demo keeps every 8th view for evaluation
+            args.hold_out_every = DEMO_TEST_EVERY  # the demo keeps every 8th view for evaluation
     if args.features is None:
         raise UserError("choose a feature source with --features {rgb,maps,lseg,clip,dino}")
     dist_info = DistInfo.from_env()

@@ -39,17 +39,6 @@ class Args:
     quiet: bool = False
 
 
-def demo_features_path(quiet: bool = False) -> Path:
-    """results/demo/features_maps.pt, lifted from the demo's label maps by backproject.py if missing."""
-    import backproject
-
-    path = Path("results") / "demo" / "features_maps.pt"
-    if not path.exists():
-        print(f"{path} is missing: lifting the demo label maps first (backproject.py --demo)")
-        backproject.main(backproject.Args(scene=SceneArgs(demo=True), quiet=quiet))
-    return path
-
-
 def build_app(args: Args):
     """Load the scene and features (refusing a features file of another scene) and start the server.
 
@@ -61,6 +50,8 @@ def build_app(args: Args):
 
     scene = args.scene
     if scene.demo and args.features is None:
+        from utils.demo_scene import demo_features_path
+
         args.features = demo_features_path(args.quiet)
     if args.features is None:
         raise UserError("--features: pass the features file written by backproject.py (results/<scene>/features_<source>.pt)")

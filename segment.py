@@ -84,17 +84,6 @@ def build_prompt_set(args: Args):
     return ps
 
 
-def _demo_features(args: Args) -> Path:
-    """results/demo/features_maps.pt, lifted from the demo's training label maps by backproject.py if missing."""
-    import backproject
-
-    path = Path("results") / "demo" / "features_maps.pt"
-    if not path.exists():
-        print(f"{path} is missing: lifting the demo label maps first (backproject.py --demo)")
-        backproject.main(backproject.Args(scene=SceneArgs(demo=True), quiet=args.quiet))
-    return path
-
-
 def main(args: Args) -> SegmentResult:
     from utils.features_file import load_feature_field
     from utils.query import encode_queries, knn_clean, select_gaussians
@@ -109,7 +98,9 @@ def main(args: Args) -> SegmentResult:
     scene = args.scene
     prompts = build_prompt_set(args)  # cheap checks first: nothing is loaded for an empty prompt
     if scene.demo and args.features is None:
-        args.features = _demo_features(args)
+        from utils.demo_scene import demo_features_path
+
+        args.features = demo_features_path(args.quiet)
     if args.features is None:
         raise UserError("--features: pass the features file written by backproject.py (results/<scene>/features_<source>.pt)")
     if not Path(args.features).is_file():

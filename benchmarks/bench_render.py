@@ -23,30 +23,17 @@ import numba
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, synthetic_splats  # noqa: E402
 
 from utils.camera import Camera, look_at  # noqa: E402
 from utils.projection import project  # noqa: E402
 from utils.raster_cpu import bin_tiles, rasterize, rasterize_contributions  # noqa: E402
 from utils.render import _sh_colors, render, render_contributions  # noqa: E402
+from utils.scene_io import load_scene  # noqa: E402
 from utils.splats import Splats  # noqa: E402
 
 W, H = 1297, 840
-
-
-def _load_plant(path: Path) -> Splats:
-    try:
-        from utils.scene_io import load_scene
-    except ImportError:  # pragma: no cover - the loader is another module's job; keep a tiny fallback
-        rec = np.fromfile(path, dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
-        rgba = rec["rgba"] / 255.0
-        q = (rec["rot"].astype(np.float32) - 128) / 128
-        a = np.clip(rgba[:, 3], 1e-4, 1 - 1e-4)
-        t = lambda x: torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))  # noqa: E731
-        return Splats(t(rec["pos"]), t(q), t(np.log(rec["scale"])), t(np.log(a / (1 - a))),
-                      t((rgba[:, None, :3] - 0.5) / 0.28209479177387814), torch.zeros(len(rec), 0, 3))  # fmt: skip
-    return load_scene(path)
 
 
 def _orbit(centre: torch.Tensor, dist: float, n: int, elevation: float = 20.0) -> list[Camera]:
@@ -58,19 +45,6 @@ def _orbit(centre: torch.Tensor, dist: float, n: int, elevation: float = 20.0) -
         off = torch.tensor([np.cos(el) * np.sin(az), -np.sin(el), -np.cos(el) * np.cos(az)], dtype=torch.float32)
         cams.append(look_at((centre + dist * off).tolist(), centre.tolist(), up.tolist(), W, H, 50.0))
     return cams
-
-
-def _synthetic(n: int, seed: int = 0) -> Splats:
-    """n Gaussians in a 4x4x4 box around the origin with plausible trained-scene statistics."""
-    g = torch.Generator().manual_seed(seed)
-    return Splats(
-        means=(torch.rand(n, 3, generator=g) - 0.5) * 4.0,
-        quats=torch.randn(n, 4, generator=g),
-        scales=torch.randn(n, 3, generator=g) * 0.5 - 4.6,
-        opacities=torch.randn(n, generator=g) * 2.0,
-        sh0=torch.randn(n, 1, 3, generator=g) * 0.5,
-        shN=torch.zeros(n, 0, 3),
-    )
 
 
 def _time(fn, repeats: int) -> tuple[float, float, object]:
@@ -137,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
 
     # Compile time: first call on a tiny scene compiles (or loads from cache) every kernel.
-    tiny = _synthetic(500, 1)
+    tiny = synthetic_splats(500, 1)
     tcam = look_at([0, 0, -6], [0, 0, 0], [0, -1, 0], 64, 48)
     t0 = time.perf_counter()
     render(tiny, tcam, backend="cpu", return_contributions=True, render_mode="RGB+D")
@@ -147,13 +121,13 @@ def main() -> None:
 
     rows = []
     if args.plant.exists():
-        plant = _load_plant(args.plant)
+        plant = load_scene(args.plant)
         centre = plant.means.median(dim=0).values
         rows.append(bench_scene("plant (.splat)", plant, _orbit(centre, 1.6, args.repeats), args.repeats))
     else:
         print(f"plant scene not found at {args.plant}: skipped", file=sys.stderr)
     if not args.skip_1m:
-        syn = _synthetic(1_000_000)
+        syn = synthetic_splats(1_000_000)
         rows.append(bench_scene("synthetic 1M", syn, _orbit(torch.zeros(3), 4.5, args.repeats), args.repeats))
 
     info = {

@@ -11,10 +11,8 @@ from __future__ import annotations
 import re
 import socket
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -235,3 +235,20 @@ def build_demo_scene(root: str | Path, force: bool = False) -> Path:
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return root
+
+
+def demo_features_path(quiet: bool = False) -> Path:
+    """results/demo/features_maps.pt: the demo's training-view label maps lifted onto its Gaussians (what
+    `backproject.py --demo` writes); built, and lifted, on first use."""
+    from .backprojection import LiftOptions, lift_features
+    from .feature_sources.maps_source import MapsSource
+    from .scene_args import DEMO_ROOT, SceneArgs, load_scene_and_cameras
+
+    path = Path("results") / "demo" / "features_maps.pt"
+    if not path.exists():
+        print(f"{path} is missing: lifting the demo label maps first (as backproject.py --demo)")
+        splats, cameras = load_scene_and_cameras(SceneArgs(demo=True), verbose=not quiet)
+        train = [c for i, c in enumerate(cameras) if i % TEST_EVERY != 0]
+        options = LiftOptions(progress=not quiet, extra_meta={"scene_path": "demo", "normalize": "auto", "data_factor": 1})
+        lift_features(splats, train, MapsSource(DEMO_ROOT / "labels"), path, options)
+    return path

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .atomic import publish, temp_beside
 from .camera import Camera
 from .errors import UserError
 from .features_file import FeatureField
@@ -126,12 +127,6 @@ def fit_camera(camera: Camera, max_side: int) -> Camera:
 # staged outputs
 
 
-def _apply_umask(path: Path, mode: int) -> None:
-    um = os.umask(0)
-    os.umask(um)
-    os.chmod(path, mode & ~um)
-
-
 class Staging:
     """Temporaries beside their targets, moved into place together by `commit()` (or all removed by `abort()`)."""
 
@@ -142,14 +137,9 @@ class Staging:
     def path(self, final: str | Path) -> Path:
         """A fresh temporary path (same suffix) to write `final` to."""
         final = Path(final)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{final.suffix}", dir=final.parent)
-        except OSError as e:
-            raise UserError(f"{final.parent}: cannot write here ({e.strerror or e})") from None
-        os.close(fd)
-        self.files.append((Path(tmp), final))
-        return Path(tmp)
+        tmp = temp_beside(final)
+        self.files.append((tmp, final))
+        return tmp
 
     def sink(self, stem: str | Path, **kwargs) -> FrameSink:
         s = FrameSink(stem, **kwargs)
@@ -161,9 +151,7 @@ class Staging:
         for s in self.sinks:
             out += s.commit()
         for tmp, final in self.files:
-            _apply_umask(tmp, 0o666)
-            os.replace(tmp, final)
-            out.append(final)
+            out.append(publish(tmp, final))
         self.files, self.sinks = [], []
         return out
 

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import UserError
+from .atomic import publish, temp_beside
 
 
 def to_uint8(frame: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -34,16 +34,6 @@ def _even(frame: np.ndarray) -> np.ndarray:
     if h % 2 or w % 2:
         frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     return frame
-
-
-def _tmp_beside(path: Path, suffix: str) -> Path:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    except OSError as e:
-        raise UserError(f"{path.parent}: cannot write here ({e.strerror or e})") from None
-    os.close(fd)
-    return Path(tmp)
 
 
 class FrameSink:
@@ -67,7 +57,7 @@ class FrameSink:
         self._mp4_writer = None
         self._frames_dir: Path | None = None
         if mp4:
-            tmp = _tmp_beside(self.stem.with_suffix(".mp4"), ".mp4")
+            tmp = temp_beside(self.stem.with_suffix(".mp4"), ".mp4")
             self._targets.append((tmp, self.stem.with_suffix(".mp4")))
             self._mp4_writer = iio.get_writer(
                 tmp, format="FFMPEG", mode="I", fps=self.fps, codec="libx264", quality=8, macro_block_size=1,
@@ -78,7 +68,7 @@ class FrameSink:
             self._frames_dir = Path(tempfile.mkdtemp(prefix=f".{self.stem.name}.", suffix=".tmpdir", dir=self.stem.parent))
             self._targets.append((self._frames_dir, self.stem))
         if gif:
-            self._targets.append((_tmp_beside(self.stem.with_suffix(".gif"), ".gif"), self.stem.with_suffix(".gif")))
+            self._targets.append((temp_beside(self.stem.with_suffix(".gif"), ".gif"), self.stem.with_suffix(".gif")))
 
     def append(self, frame: np.ndarray | torch.Tensor) -> None:
         f = to_uint8(frame)
@@ -120,10 +110,9 @@ class FrameSink:
                 if final.is_dir():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
+                out.append(final)
             else:
-                os.chmod(tmp, 0o666 & ~um)  # mkstemp creates 0600
-                os.replace(tmp, final)
-            out.append(final)
+                out.append(publish(tmp, final))
         self._targets = []
         return out
 

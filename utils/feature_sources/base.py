@@ -74,3 +74,19 @@ class FeatureSource(ABC):
 def unit_normalize(features: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """L2-normalise along `dim`; zero vectors stay zero."""
     return features / features.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+def patch_input_size(height: int, width: int, short_side: int, patch: int) -> tuple[int, int]:
+    """(h, w) for a ViT input: short side ~`short_side`, aspect kept, both multiples of `patch`."""
+    scale = short_side / min(height, width)
+    return max(patch, round(height * scale / patch) * patch), max(patch, round(width * scale / patch) * patch)
+
+
+def to_model_input(images: Tensor, size: tuple[int, int], mean: Tensor, std: Tensor, device) -> Tensor:
+    """images: [B, H, W, 3] RGB in [0, 1] -> [B, 3, h, w] on `device`, resized (bicubic, antialiased) and normalised."""
+    import torch.nn.functional as F
+
+    x = images.to(device, torch.float32).permute(0, 3, 1, 2)
+    if tuple(size) != tuple(x.shape[2:]):
+        x = F.interpolate(x, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return ((x - mean) / std).contiguous()

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..camera import Camera
 from ..errors import UserError
-from .base import FeatureMap, FeatureSource, SourceInfo, unit_normalize
+from .base import FeatureMap, FeatureSource, SourceInfo, patch_input_size, to_model_input, unit_normalize
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -180,9 +180,7 @@ class ClipSource(FeatureSource):
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w): short side ~`short_side`, aspect kept, multiples of the patch."""
-        p = self.patch
-        scale = self.short_side / min(height, width)
-        return max(p, round(height * scale / p) * p), max(p, round(width * scale / p) * p)
+        return patch_input_size(height, width, self.short_side, self.patch)
 
     def features(self, x: Tensor) -> Tensor:
         """x: [B, 3, h, w] normalised -> [B, h/p, w/p, D] unit features (windows averaged if set)."""
@@ -205,10 +203,7 @@ class ClipSource(FeatureSource):
         assert images.ndim == 4 and images.shape[-1] == 3 and images.shape[0] == len(cameras), images.shape
         H, W = images.shape[1:3]
         h, w = self.input_size(H, W)
-        x = images.to(self.device, torch.float32).permute(0, 3, 1, 2)
-        if (h, w) != (H, W):
-            x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = ((x - self.mean) / self.std).contiguous()
+        x = to_model_input(images, (h, w), self.mean, self.std, self.device)
         with torch.inference_mode():
             feats = self.features(x).float()
         return [FeatureMap(f, resize="bilinear") for f in feats]

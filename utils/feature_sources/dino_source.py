@@ -6,12 +6,11 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..camera import Camera
 from ..errors import UserError
-from .base import FeatureMap, FeatureSource, SourceInfo, unit_normalize
+from .base import FeatureMap, FeatureSource, SourceInfo, patch_input_size, to_model_input, unit_normalize
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
@@ -84,19 +83,15 @@ class DinoSource(FeatureSource):
         return self._batch_size
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        p = self.patch
-        scale = self.short_side / min(height, width)
-        return max(p, round(height * scale / p) * p), max(p, round(width * scale / p) * p)
+        """(h, w): short side ~`short_side`, aspect kept, multiples of the patch."""
+        return patch_input_size(height, width, self.short_side, self.patch)
 
     def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
         """images: [B, H, W, 3] RGB in [0, 1] -> B FeatureMaps [h/p, w/p, C] (resize="bilinear")."""
         assert images.ndim == 4 and images.shape[-1] == 3 and images.shape[0] == len(cameras), images.shape
         H, W = images.shape[1:3]
         h, w = self.input_size(H, W)
-        x = images.to(self.device, torch.float32).permute(0, 3, 1, 2)
-        if (h, w) != (H, W):
-            x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-        x = ((x - self.mean) / self.std).contiguous()
+        x = to_model_input(images, (h, w), self.mean, self.std, self.device)
         with torch.inference_mode():
             tokens = self.model.forward_features(x)  # [B, prefix + N, C], final norm applied
         patches = tokens[:, self.model.num_prefix_tokens :].float()
