@@ -32,6 +32,7 @@ COLORS = {
 }
 UP = (0.0, 0.0, 1.0)  # the demo world is z-up
 TEST_EVERY = 8  # held-out views: index % 8 == 0, as gsplat's trainer splits
+GENERATOR_VERSION = "2"  # bump when the scene changes: an older data/demo/ is rebuilt on next use
 
 
 @dataclass
@@ -211,7 +212,8 @@ def build_demo_scene(root: str | Path, force: bool = False) -> Path:
     from .scene_io import save_gsplat_checkpoint
 
     root = Path(root)
-    if (root / "split.json").exists() and not force:
+    stamp = root / "generator_version.txt"
+    if not force and stamp.exists() and stamp.read_text().strip() == GENERATOR_VERSION:
         return root
     scene = make_demo_scene()
     tmp = root.with_name(f".{root.name}.building")
@@ -232,6 +234,7 @@ def build_demo_scene(root: str | Path, force: bool = False) -> Path:
     pick = rng.choice(scene.splats.num, size=min(4000, scene.splats.num), replace=False)
     rgb = ((scene.splats.sh0[pick, 0] * C0 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     write_colmap_model(tmp, scene.cameras, scene.splats.means[pick].numpy(), rgb)
+    (tmp / "generator_version.txt").write_text(GENERATOR_VERSION)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     return root
@@ -245,9 +248,10 @@ def demo_features_path(quiet: bool = False) -> Path:
     from .scene_args import DEMO_ROOT, SceneArgs, load_scene_and_cameras
 
     path = Path("results") / "demo" / "features_maps.pt"
-    if not path.exists():
-        print(f"{path} is missing: lifting the demo label maps first (as backproject.py --demo)")
-        splats, cameras = load_scene_and_cameras(SceneArgs(demo=True), verbose=not quiet)
+    splats, cameras = load_scene_and_cameras(SceneArgs(demo=True), verbose=not quiet)
+    stale = path.exists() and torch.load(path, weights_only=True)["meta"].get("scene_hash") != splats.param_hash()
+    if not path.exists() or stale:
+        print(f"{path} is {'stale' if stale else 'missing'}: lifting the demo label maps first (as backproject.py --demo)")
         train = [c for i, c in enumerate(cameras) if i % TEST_EVERY != 0]
         options = LiftOptions(progress=not quiet, extra_meta={"scene_path": "demo", "normalize": "auto", "data_factor": 1})
         lift_features(splats, train, MapsSource(DEMO_ROOT / "labels"), path, options)
