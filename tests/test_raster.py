@@ -19,7 +19,7 @@ from reference_raster import ref_render, ref_sh_colors
 from utils.camera import Camera, look_at
 from utils.errors import UserError
 from utils.projection import project
-from utils.raster_cpu import bin_tiles, rasterize, rasterize_contributions
+from utils.raster_cpu import bin_tiles, pixel_contributions, pixel_weights, rasterize
 from utils.render import Contributions, render, render_contributions
 from utils.splats import Splats
 
@@ -365,6 +365,53 @@ def test_plant_scene() -> None:
     ours = _pixel_lists(out.contributions, pix)
     for i in np.flatnonzero(ok):
         assert np.array_equal(ours[i][0], ref.weights[i][0])
+
+
+def _assert_pixel_weights_equal_full(proj, pixels: np.ndarray) -> int:
+    """pixel_weights at `pixels` == the full rasterizer's contributions and final T there, bitwise."""
+    full = rasterize(proj, None, return_contributions=True)
+    pc, T = pixel_weights(proj, torch.from_numpy(pixels))
+    uniq = np.unique(pixels)
+    assert pc.pixel.numpy().tolist() == sorted(pc.pixel.numpy().tolist()), "grouped by ascending pixel"
+    assert pc.num == sum(int(full.contributions.offsets[p + 1] - full.contributions.offsets[p]) for p in uniq)
+    for k, (ours, want) in enumerate(zip(_pixel_lists(pc, uniq), _pixel_lists(full.contributions, uniq))):
+        assert np.array_equal(ours[0], want[0]), f"pixel {uniq[k]}: Gaussian ids/order differ"
+        assert np.array_equal(ours[1], want[1]), f"pixel {uniq[k]}: weights differ"
+    assert torch.equal(T, full.transmittance.reshape(-1)[torch.from_numpy(uniq)])
+    return pc.num
+
+
+@pytest.mark.parametrize("case", CASES[:5], ids=lambda c: f"{c.mode}-{c.width}x{c.height}")
+def test_pixel_contributions_equal_full_render(case: Case) -> None:
+    s, cam0 = make_scene(case.seed, case.n)
+    cam = _camera(cam0, case.width, case.height, case.dcx, case.dcy)
+    proj = project(s, cam, rasterize_mode=case.mode)
+    rng = np.random.default_rng(case.seed)
+    pixels = np.concatenate([rng.integers(0, cam.width * cam.height, 150), [0, cam.width * cam.height - 1, 7, 7]])
+    assert _assert_pixel_weights_equal_full(proj, pixels) > 100
+    # pixel_contributions is the same without T
+    a, b = pixel_contributions(proj, torch.from_numpy(pixels)), pixel_weights(proj, torch.from_numpy(pixels))[0]
+    assert torch.equal(a.gaussian, b.gaussian) and torch.equal(a.weight, b.weight) and torch.equal(a.offsets, b.offsets)
+    with pytest.raises(ValueError, match="pixel indices"):
+        pixel_contributions(proj, torch.tensor([cam.width * cam.height]))
+
+
+def test_pixel_contributions_depth_ties_and_saturation() -> None:
+    """The duplicate pair (depth tie) and the near-opaque stack (T reaches 1e-4) of make_scene, at every pixel."""
+    s, cam = make_scene(0, 40)
+    proj = project(s, cam)
+    assert _assert_pixel_weights_equal_full(proj, np.arange(cam.width * cam.height)) > 500
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "plant" / "plant.splat").exists(), reason="needs ../shared")
+def test_pixel_contributions_plant() -> None:
+    from utils.scene_io import load_scene
+
+    s = load_scene(SHARED / "data" / "plant" / "plant.splat")
+    centre = s.means.median(dim=0).values
+    cam = look_at((centre + torch.tensor([0.0, -0.4, -1.6])).tolist(), centre.tolist(), [0, -1, 0], 320, 240, 45.0)
+    pix = np.random.default_rng(1).choice(cam.width * cam.height, 100, replace=False)
+    assert _assert_pixel_weights_equal_full(project(s, cam), pix) > 1000
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat's rasterizer)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +75,41 @@ def pick(splats: Splats, unit_features: Tensor, camera: Camera, x: float, y: flo
 
     splats: the Gaussians on screen; unit_features: [N, D] their unit features (zero rows for never-seen ones);
     (x, y): image coordinates in pixels of `camera` (0..W, 0..H, top-left origin).
+    Only the clicked pixel is composited (its exact weights from `pixel_weights`), with the same float32 sums in the
+    same order as the full "RGB+ED" render, so the values equal reading that render at the pixel.
     """
+    from .projection import project
+    from .raster_cpu import pixel_weights
+
+    assert unit_features.ndim == 2 and unit_features.shape[0] == splats.num, (unit_features.shape, splats.num)
+    ix = int(min(max(np.floor(x), 0), camera.width - 1))
+    iy = int(min(max(np.floor(y), 0), camera.height - 1))
+    D = unit_features.shape[1]
+    if splats.num == 0:
+        return Pick(x, y, torch.full((3,), float("nan")), torch.zeros(D), float("nan"), 0.0)
+    proj = project(splats, camera)
+    contrib, T = pixel_weights(proj, torch.tensor([iy * camera.width + ix]))
+    feats = unit_features.detach().cpu().float()
+    ids, ws = contrib.gaussian.long(), contrib.weight
+    zs = proj.depths[ids]
+    # Front to back, one float32 multiply-add at a time, like the rasterizer's per-pixel accumulators.
+    acc = torch.zeros(D, dtype=torch.float32)
+    dep = torch.zeros((), dtype=torch.float32)
+    for m in range(ids.shape[0]):
+        acc += feats[ids[m]] * ws[m]
+        dep += zs[m] * ws[m]
+    alpha_t = 1.0 - T[0]
+    alpha = float(alpha_t)
+    z = float(dep / alpha_t.clamp_min(1e-10))
+    f = acc / acc.norm().clamp_min(1e-12)
+    origin, d = pixel_ray(camera, ix + 0.5, iy + 0.5)
+    fwd = camera.c2w[:3, 2]
+    point = origin + d * (z / float(d @ fwd))  # ED is camera z, not distance along the ray
+    return Pick(x, y, point, f, z, alpha)
+
+
+def pick_by_render(splats: Splats, unit_features: Tensor, camera: Camera, x: float, y: float) -> Pick:
+    """`pick` through a full "RGB+ED" render of the view (the slow reference it must equal; kept for tests)."""
     from .render import render
 
     assert unit_features.ndim == 2 and unit_features.shape[0] == splats.num, (unit_features.shape, splats.num)

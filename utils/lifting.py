@@ -72,7 +72,8 @@ def resize_feature_map(fmap: FeatureMap, height: int, width: int) -> tuple[Tenso
 def _grouped_kernel(numer, pixel, gaussian, weight, feats, nchunks):  # pragma: no cover - numba
     # Entries come in runs of one Gaussian (grouped per tile): sum a run in a local row, write numer once per run.
     # Column blocks per thread keep the writes race-free; a tile's feature rows stay in cache across its runs.
-    # (fastmath only lets LLVM vectorise the row updates; each element's sum order is unchanged.)
+    # Four entries per pass over the row cut its loads/stores 4x (this reassociates each run's float32 sum, a
+    # rounding-level change; fastmath lets LLVM vectorise the row updates).
     M = weight.shape[0]
     D = feats.shape[1]
     for c in numba.prange(nchunks):
@@ -83,7 +84,19 @@ def _grouped_kernel(numer, pixel, gaussian, weight, feats, nchunks):  # pragma: 
         m = 0
         while m < M:
             g = gaussian[m]
-            while m < M and gaussian[m] == g:
+            e = m
+            while e < M and gaussian[e] == g:
+                e += 1
+            while m + 4 <= e:
+                w0, w1, w2, w3 = weight[m], weight[m + 1], weight[m + 2], weight[m + 3]
+                f0 = feats[pixel[m], d0:d1]
+                f1 = feats[pixel[m + 1], d0:d1]
+                f2 = feats[pixel[m + 2], d0:d1]
+                f3 = feats[pixel[m + 3], d0:d1]
+                for k in range(n):
+                    row[k] += (w0 * f0[k] + w1 * f1[k]) + (w2 * f2[k] + w3 * f3[k])
+                m += 4
+            while m < e:
                 w = weight[m]
                 fr = feats[pixel[m], d0:d1]
                 for k in range(n):
@@ -107,6 +120,10 @@ def accumulate_view(acc: Accumulator, contrib: Contributions, feats: Tensor, val
     _accumulate(acc, contrib, feats, valid)
 
 
+# The one-pass identity fold (`_fold_identity_kernel`); False = always the count + fill passes (for tests).
+_FOLD_FAST = True
+
+
 def _accumulate(acc: Accumulator, contrib: Contributions, feats: Tensor, valid: Tensor | None) -> None:
     """feats: [h, w, D] at the render size or smaller (then bilinearly upsampled, folded into the weights)."""
     h, w, D = feats.shape
@@ -114,10 +131,14 @@ def _accumulate(acc: Accumulator, contrib: Contributions, feats: Tensor, valid: 
     pixel, gaussian, weight = _valid_only(contrib, valid)
     if weight.numel() == 0:
         return
+    H, W = contrib.height, contrib.width
+    g_np, w_np = gaussian.contiguous().numpy(), weight.contiguous().numpy()
     # The denominator sums the unfolded weights (bilinear taps sum to 1 per pixel, so it is the same quantity).
-    acc.denom.index_add_(0, gaussian.long(), weight.double())
-    grouped = fold_bilinear(Contributions(pixel, gaussian, weight, contrib.height, contrib.width), h, w)
+    _denom_add(acc.denom.numpy(), g_np, w_np)
     flat = feats.reshape(h * w, D).float().contiguous()
+    # With no validity mask the rasterizer's CSR offsets are still those of the entries: fold_bilinear reuses them.
+    offsets = contrib.offsets if valid is None else None
+    grouped = fold_bilinear(Contributions(pixel, gaussian, weight, H, W, offsets=offsets), h, w)
     nchunks = max(1, min(numba.get_num_threads(), D // 8))
     _grouped_kernel(
         acc.numer.numpy(), grouped.pixel.numpy(), grouped.gaussian.numpy(), grouped.weight.numpy(), flat.numpy(), nchunks
@@ -229,16 +250,82 @@ def _fold_kernel(
                 counts[t] = nnz
 
 
+@numba.njit(parallel=True, cache=True)
+def _fold_identity_kernel(offsets, gaussian, weight, W, H, block, n_gauss, starts, out_q, out_g, out_w, bad):
+    # pragma: no cover - numba
+    # `_fold_kernel` when the map is at the render size (the taps are the identity): every entry is its own merged
+    # entry, so a tile's output is its entries, regrouped by Gaussian (first-seen order) and pixel (ascending) with a
+    # per-tile counting sort: one pass, no dense buffer. Tiles with a zero weight or a repeated (pixel, Gaussian)
+    # (which the dense buffer would drop or merge) set bad[t]; the caller then uses `_fold_kernel`.
+    tiles_x = (W + block - 1) // block
+    n_tiles = tiles_x * ((H + block - 1) // block)
+    n_jobs = min(n_tiles, 16)
+    for job in numba.prange(n_jobs):
+        slot = np.full(n_gauss, -1, np.int32)
+        glist = np.empty(0, np.int64)
+        cnt = np.empty(0, np.int64)
+        last = np.empty(0, np.int64)
+        for t in range(job, n_tiles, n_jobs):
+            y_a = (t // tiles_x) * block
+            x_a = (t % tiles_x) * block
+            y_b, x_b = min(y_a + block, H), min(x_a + block, W)
+            n = 0
+            for y in range(y_a, y_b):
+                n += offsets[y * W + x_b] - offsets[y * W + x_a]
+            if glist.shape[0] < n:
+                glist = np.empty(n, np.int64)
+                cnt = np.empty(n, np.int64)
+                last = np.empty(n, np.int64)
+            ng = 0
+            for y in range(y_a, y_b):
+                for x in range(x_a, x_b):
+                    p = y * W + x
+                    for m in range(offsets[p], offsets[p + 1]):
+                        g = gaussian[m]
+                        sl = slot[g]
+                        if sl < 0:
+                            sl = ng
+                            slot[g] = sl
+                            glist[ng] = g
+                            cnt[ng] = 0
+                            last[ng] = -1
+                            ng += 1
+                        if weight[m] == 0 or last[sl] == p:
+                            bad[t] = True
+                        last[sl] = p
+                        cnt[sl] += 1
+            k = starts[t]
+            for sl in range(ng):  # cnt -> each slot's write position
+                c = cnt[sl]
+                cnt[sl] = k
+                k += c
+            for y in range(y_a, y_b):
+                for x in range(x_a, x_b):
+                    p = y * W + x
+                    for m in range(offsets[p], offsets[p + 1]):
+                        sl = slot[gaussian[m]]
+                        k = cnt[sl]
+                        out_q[k] = p
+                        out_g[k] = gaussian[m]
+                        out_w[k] = weight[m]
+                        cnt[sl] = k + 1
+            for sl in range(ng):
+                slot[glist[sl]] = -1
+
+
 def fold_bilinear(contrib: Contributions, h: int, w: int) -> Contributions:
     """Contributions to an h x w map whose bilinear upsampling (torch, align_corners=False) to the render size
     gives the features: sum_p w F_up(p) = sum_q w'(q) F(q). Entries are merged per (Gaussian, low-res pixel) and
     come grouped per 16 x 16 render tile and, within a tile, per Gaussian. With h, w = H, W the taps are the
-    identity: the same entries, regrouped.
+    identity: the same entries, regrouped. pixel (low-res index) and gaussian are int32 like the rasterizer's.
     """
     H, W = contrib.height, contrib.width
     pixel, gaussian, weight = contrib.pixel, contrib.gaussian, contrib.weight
-    offsets = np.zeros(H * W + 1, np.int64)
-    np.cumsum(np.bincount(pixel.numpy(), minlength=H * W), out=offsets[1:])
+    if contrib.offsets is not None and int(contrib.offsets[-1]) == contrib.num:
+        offsets = contrib.offsets.numpy()
+    else:
+        offsets = np.zeros(H * W + 1, np.int64)
+        np.cumsum(np.bincount(pixel.numpy(), minlength=H * W), out=offsets[1:])
     ty0, ty1, tly = _bilinear_taps(H, h)
     tx0, tx1, tlx = _bilinear_taps(W, w)
     block = 16
@@ -246,13 +333,28 @@ def fold_bilinear(contrib: Contributions, h: int, w: int) -> Contributions:
     counts = np.zeros(n_tiles, np.int64)
     g_np, w_np = gaussian.contiguous().numpy(), weight.contiguous().numpy()
     n_gauss = int(g_np.max()) + 1 if g_np.size else 0
-    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
+    if _FOLD_FAST and (h, w) == (H, W) and g_np.size:
+        # Identity taps: one pass that regroups the entries (same output as the dense-buffer kernel below).
+        tiles_x = (W + block - 1) // block
+        ty, tx = np.arange(H) // block, np.arange(W) // block
+        per_tile = np.bincount((ty[:, None] * tiles_x + tx[None, :]).reshape(-1), weights=np.diff(offsets),
+                               minlength=n_tiles).astype(np.int64)
+        starts = np.zeros(n_tiles, np.int64)
+        np.cumsum(per_tile[:-1], out=starts[1:])
+        total = int(offsets[-1])
+        out_q, out_g, out_w = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float32)
+        bad = np.zeros(n_tiles, np.bool_)
+        _fold_identity_kernel(offsets, g_np, w_np, W, H, block, n_gauss, starts, out_q, out_g, out_w, bad)
+        if not bad.any():
+            return Contributions(torch.from_numpy(out_q), torch.from_numpy(out_g), torch.from_numpy(out_w), h, w)
+        del out_q, out_g, out_w
     args = (offsets, g_np, w_np, W, ty0, ty1, tly, tx0, tx1, tlx, w, block, n_gauss)
     _fold_kernel(*args, counts, empty_i, empty_i, empty_f, False)
     starts = np.zeros(n_tiles, np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
     total = int(counts.sum())
-    out_q, out_g, out_w = np.empty(total, np.int64), np.empty(total, np.int64), np.empty(total, np.float32)
+    out_q, out_g, out_w = np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float32)
     _fold_kernel(*args, starts, out_q, out_g, out_w, True)
     return Contributions(torch.from_numpy(out_q), torch.from_numpy(out_g), torch.from_numpy(out_w), h, w)
 
@@ -284,3 +386,10 @@ def accumulate_view_reference(acc: Accumulator, contrib: Contributions, feats: T
     numer.index_add_(0, contrib.gaussian.long(), w[:, None] * flat[contrib.pixel.long()])
     acc.numer += numer.float()
     acc.denom.index_add_(0, contrib.gaussian.long(), w)
+
+
+@numba.njit(cache=True)
+def _denom_add(denom, gaussian, weight):  # pragma: no cover - numba
+    # Serial, in entry order: the same float64 sums as torch's index_add_ (and no int64/float64 copies of M entries).
+    for m in range(gaussian.shape[0]):
+        denom[gaussian[m]] += np.float64(weight[m])

@@ -360,3 +360,122 @@ def rasterize_contributions(proj: Projection, *, bins: TileBins | None = None) -
         _E2, _EF, _EF, counts, _EL, _EI, _EI, _EF,
     )  # fmt: skip
     return _contributions(bins, proj, order, counts)
+
+
+@numba.njit(cache=True)
+def _pixel_kernel(gauss, order, pix_i, pix_j, out_g, out_w, out_n, out_T):  # pragma: no cover - numba
+    """The tile kernel's decisions for single pixels. gauss/order: the packed, depth-sorted (stable) Gaussians whose
+    tile rectangle covers the pixel's tile (exactly the pixel's tile list); same float32 arithmetic, same row/column
+    gating as `_tile_kernel` (the tile clamps there never exclude the pixel itself)."""
+    thr = _F(ALPHA_THRESHOLD)
+    one = _F(1.0)
+    half = _F(0.5)
+    amax = _F(_MAX_ALPHA)
+    tmin = _F(_T_MIN)
+    for p in range(pix_i.shape[0]):
+        i, j = pix_i[p], pix_j[p]
+        T = _F(1.0)
+        n = 0
+        for r in range(gauss.shape[0]):
+            mx, my = gauss[r, 0], gauss[r, 1]
+            ca, cb, cc = gauss[r, 2], gauss[r, 3], gauss[r, 4]
+            op, skip = gauss[r, 5], gauss[r, 7]
+            ry = np.float64(gauss[r, 8]) + 0.5
+            ia = int(math.ceil(np.float64(my) - ry - 0.5))
+            ib = int(math.floor(np.float64(my) + ry - 0.5)) + 1
+            if i < ia or i >= ib:
+                continue
+            a64, b64, c64, s64 = np.float64(ca), np.float64(cb), np.float64(cc), np.float64(skip)
+            inv_a = 1.0 / a64
+            dy = my - (_F(i) + half)
+            dy64 = np.float64(dy)
+            disc = b64 * b64 * dy64 * dy64 - a64 * (c64 * dy64 * dy64 - 2.0 * s64)
+            if disc < 0.0:
+                continue
+            centre = np.float64(mx) + b64 * dy64 * inv_a
+            half_w = math.sqrt(disc) * inv_a
+            ja = int(math.ceil(centre - half_w - 0.5 - 0.01))
+            jb = int(math.floor(centre + half_w - 0.5 + 0.01)) + 1
+            if j < ja or j >= jb:
+                continue
+            dx = mx - (_F(j) + half)
+            sigma = half * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+            if sigma < 0 or sigma > skip:
+                continue
+            alpha = min(amax, op * math.exp(-sigma))
+            if alpha < thr:
+                continue
+            T_next = T * (one - alpha)
+            if T_next <= tmin:
+                break  # the pixel is done; this Gaussian is not added
+            out_g[p, n] = order[r]
+            out_w[p, n] = alpha * T
+            n += 1
+            T = T_next
+        out_n[p] = n
+        out_T[p] = T
+
+
+def pixel_contributions(proj: Projection, pixels: Tensor) -> Contributions:
+    """The weights w = alpha T of a few pixels only, exactly as `rasterize_contributions` gives them there
+    (same Gaussians, same order, same float32 weights) without rasterizing the whole view.
+
+    pixels: [P] flat pixel indices y * width + x (any order; the result is grouped by ascending pixel).
+    Returns Contributions with `offsets` [H * W + 1]. Cost: O(N) to find each tile's list, cheap for a handful of pixels.
+    """
+    return pixel_weights(proj, pixels)[0]
+
+
+def pixel_weights(proj: Projection, pixels: Tensor) -> tuple[Contributions, Tensor]:
+    """`pixel_contributions` plus the final transmittance T ([U] float32, as `rasterize` gives it) of the U unique
+    pixels in ascending order (alpha = 1 - T)."""
+    H, W = proj.height, proj.width
+    pix = np.unique(np.asarray(pixels, dtype=np.int64).reshape(-1))
+    if pix.size and (pix[0] < 0 or pix[-1] >= H * W):
+        raise ValueError(f"pixel_contributions: pixel indices must be in [0, {H * W}), got {pix[0]}..{pix[-1]}")
+    tiles_x = (W + TILE - 1) // TILE
+    tiles_y = (H + TILE - 1) // TILE
+    valid = proj.valid.numpy()
+    radii = proj.radii.numpy()
+    keep = np.flatnonzero(valid & (radii[:, 0] > 0) & (radii[:, 1] > 0)).astype(np.int32)
+    depths = proj.depths.numpy()
+    means, conics, opac = proj.means2d.numpy(), proj.conics.numpy(), proj.opacities.numpy()
+    # The tile rectangles of all kept Gaussians, with the same float32 expressions as `_tile_rect`.
+    ts = np.float32(TILE)
+    mx, my = means[keep, 0], means[keep, 1]
+    rx, ry = radii[keep, 0].astype(np.float32), radii[keep, 1].astype(np.float32)
+    x0 = np.clip(np.floor(mx / ts - rx / ts), 0, tiles_x)
+    x1 = np.clip(np.ceil(mx / ts + rx / ts), 0, tiles_x)
+    y0 = np.clip(np.floor(my / ts - ry / ts), 0, tiles_y)
+    y1 = np.clip(np.ceil(my / ts + ry / ts), 0, tiles_y)
+    ids, ws, pxs = [], [], []
+    T_all = np.ones(pix.size, np.float32)
+    tiles = pix // W // TILE * tiles_x + pix % W // TILE
+    for t in np.unique(tiles):
+        ty, tx = divmod(int(t), tiles_x)
+        cand = keep[(x0 <= tx) & (tx < x1) & (y0 <= ty) & (ty < y1)]
+        order = cand[np.argsort(depths[cand], kind="stable")]
+        gauss = _pack_kernel(order, means, conics, opac, depths, radii)
+        sel = pix[tiles == t]
+        out_g = np.empty((sel.size, order.size), np.int32)
+        out_w = np.empty((sel.size, order.size), np.float32)
+        out_n = np.empty(sel.size, np.int64)
+        out_T = np.empty(sel.size, np.float32)
+        _pixel_kernel(gauss, order, sel // W, sel % W, out_g, out_w, out_n, out_T)
+        T_all[tiles == t] = out_T
+        for k in range(sel.size):
+            ids.append(out_g[k, : out_n[k]])
+            ws.append(out_w[k, : out_n[k]])
+            pxs.append(np.full(out_n[k], sel[k], np.int32))
+    counts = np.zeros(H * W, np.int64)
+    # pixels come back per tile: regroup by ascending pixel
+    cat_p = np.concatenate(pxs) if pxs else np.zeros(0, np.int32)
+    cat_g = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    cat_w = np.concatenate(ws) if ws else np.zeros(0, np.float32)
+    srt = np.argsort(cat_p, kind="stable")
+    cat_p, cat_g, cat_w = cat_p[srt], cat_g[srt], cat_w[srt]
+    np.add.at(counts, cat_p, 1)
+    offsets = np.zeros(H * W + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    t = torch.from_numpy
+    return Contributions(t(cat_p), t(cat_g.astype(np.int32)), t(cat_w), H, W, offsets=t(offsets)), t(T_all)
