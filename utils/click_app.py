@@ -70,6 +70,16 @@ class Pick:
         return self.alpha >= MIN_ALPHA
 
 
+def _pick_pixel(splats: Splats, unit_features: Tensor, camera: Camera, x: float, y: float) -> tuple[int, int, Pick | None]:
+    """The pixel (ix, iy) a click at (x, y) falls in, clamped to the image; and the empty pick of an empty scene."""
+    assert unit_features.ndim == 2 and unit_features.shape[0] == splats.num, (unit_features.shape, splats.num)
+    ix = int(min(max(np.floor(x), 0), camera.width - 1))
+    iy = int(min(max(np.floor(y), 0), camera.height - 1))
+    if splats.num == 0:
+        return ix, iy, Pick(x, y, torch.full((3,), float("nan")), torch.zeros(unit_features.shape[1]), float("nan"), 0.0)
+    return ix, iy, None
+
+
 def pick(splats: Splats, unit_features: Tensor, camera: Camera, x: float, y: float) -> Pick:
     """Render the (visible) scene's unit features + expected depth at `camera`; read pixel (floor x, floor y).
 
@@ -81,19 +91,16 @@ def pick(splats: Splats, unit_features: Tensor, camera: Camera, x: float, y: flo
     from .projection import project
     from .raster_cpu import pixel_weights
 
-    assert unit_features.ndim == 2 and unit_features.shape[0] == splats.num, (unit_features.shape, splats.num)
-    ix = int(min(max(np.floor(x), 0), camera.width - 1))
-    iy = int(min(max(np.floor(y), 0), camera.height - 1))
-    D = unit_features.shape[1]
-    if splats.num == 0:
-        return Pick(x, y, torch.full((3,), float("nan")), torch.zeros(D), float("nan"), 0.0)
+    ix, iy, empty = _pick_pixel(splats, unit_features, camera, x, y)
+    if empty is not None:
+        return empty
     proj = project(splats, camera)
     contrib, T = pixel_weights(proj, torch.tensor([iy * camera.width + ix]))
     feats = unit_features.detach().cpu().float()
     ids, ws = contrib.gaussian.long(), contrib.weight
     zs = proj.depths[ids]
     # Front to back, one float32 multiply-add at a time, like the rasterizer's per-pixel accumulators.
-    acc = torch.zeros(D, dtype=torch.float32)
+    acc = torch.zeros(feats.shape[1], dtype=torch.float32)
     dep = torch.zeros((), dtype=torch.float32)
     for m in range(ids.shape[0]):
         acc += feats[ids[m]] * ws[m]
@@ -112,12 +119,9 @@ def pick_by_render(splats: Splats, unit_features: Tensor, camera: Camera, x: flo
     """`pick` through a full "RGB+ED" render of the view (the slow reference it must equal; kept for tests)."""
     from .render import render
 
-    assert unit_features.ndim == 2 and unit_features.shape[0] == splats.num, (unit_features.shape, splats.num)
-    ix = int(min(max(np.floor(x), 0), camera.width - 1))
-    iy = int(min(max(np.floor(y), 0), camera.height - 1))
-    D = unit_features.shape[1]
-    if splats.num == 0:
-        return Pick(x, y, torch.full((3,), float("nan")), torch.zeros(D), float("nan"), 0.0)
+    ix, iy, empty = _pick_pixel(splats, unit_features, camera, x, y)
+    if empty is not None:
+        return empty
     out = render(splats, camera, features=unit_features.float(), render_mode="RGB+ED")
     alpha = float(out.alpha[iy, ix])
     z = float(out.depth[iy, ix])
