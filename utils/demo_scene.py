@@ -248,7 +248,7 @@ def demo_features_path(quiet: bool = False) -> Path:
     from .scene_args import DEMO_ROOT, SceneArgs, load_scene_and_cameras
 
     path = Path("results") / "demo" / "features_maps.pt"
-    splats, cameras = load_scene_and_cameras(SceneArgs(demo=True), verbose=not quiet)
+    splats, cameras = load_scene_and_cameras(SceneArgs(demo=True), verbose=False)
     stale = path.exists() and torch.load(path, weights_only=True)["meta"].get("scene_hash") != splats.param_hash()
     if not path.exists() or stale:
         print(f"{path} is {'stale' if stale else 'missing'}: lifting the demo label maps first (as backproject.py --demo)")
