@@ -112,7 +112,7 @@ def detect_format(path: str | os.PathLike) -> str:
         raise UserError(f"{p}: corrupt or truncated checkpoint (not a torch archive)")
     if ext == ".ply":
         raise UserError(f"{p}: not a PLY file (missing 'ply' magic)")
-    raise UserError(f"{p}: unknown scene format (expected one of {', '.join(FORMATS)}; pass format=... to force one)")
+    raise UserError(f"{p}: unknown scene format (expected one of {', '.join(FORMATS)}; pass --format to force one)")
 
 
 def _is_torch_file(p: Path) -> bool:
