@@ -55,9 +55,8 @@ def build_app(args: Args):
         args.features = demo_features_path(args.quiet)
     if args.features is None:
         raise UserError("--features: pass the features file written by backproject.py (results/<scene>/features_<source>.pt)")
-    if not scene.demo and scene.data_dir is None and scene.orbit == 0:
-        scene.orbit = 24  # a scene without cameras: jump targets along an orbit
-    splats, cameras = load_scene_and_cameras(scene, verbose=not args.quiet)
+    # A scene without cameras gets jump targets along an orbit.
+    splats, cameras = load_scene_and_cameras(scene, verbose=not args.quiet, default_orbit=24)
     ff = load_feature_field(args.features, splats)  # one-line error for a features file from another scene
     seg = ClickSegmenter(splats, ff, threshold=args.threshold)
     out = args.out or Path("results") / scene.scene_name() / "click"

@@ -105,9 +105,8 @@ def main(args: Args) -> SegmentResult:
         raise UserError("--features: pass the features file written by backproject.py (results/<scene>/features_<source>.pt)")
     if not Path(args.features).is_file():
         raise UserError(f"{args.features}: features file not found (run backproject.py first)")
-    if not scene.demo and scene.data_dir is None and scene.orbit == 0:
-        scene.orbit = args.orbit_views  # no cameras: render along an orbit
-    splats, cameras = load_scene_and_cameras(scene, verbose=not args.quiet)
+    # A scene without cameras renders along an orbit.
+    splats, cameras = load_scene_and_cameras(scene, verbose=not args.quiet, default_orbit=args.orbit_views)
     ff = load_feature_field(args.features, splats)
     queries = encode_queries(ff.meta, ff.features.shape[1], prompts)
     out_dir = args.out or Path("results") / scene.scene_name() / "segment" / _slug(args.prompt or (

@@ -17,7 +17,7 @@ from .errors import UserError
 from .feature_sources.base import FeatureMap, FeatureSource
 from .features_file import FeatureField, save_feature_field
 from .lifting import Accumulator, accumulate_feature_map
-from .render import Contributions, render, render_contributions
+from .render import render, render_contributions
 from .splats import Splats
 from .version import __version__
 
@@ -91,12 +91,6 @@ def _save_partial(path: Path, acc: Accumulator, splats_hash: str, source: str) -
     )
 
 
-def _contrib_on_cpu(c: Contributions) -> Contributions:
-    if c.weight.device.type == "cpu":
-        return c
-    return Contributions(c.pixel.cpu(), c.gaussian.cpu(), c.weight.cpu(), c.height, c.width)
-
-
 def _same_size_batches(cameras: list[Camera], batch: int) -> list[list[Camera]]:
     """Consecutive groups of at most `batch` views that share one image size (feature models take stacked images)."""
     out: list[list[Camera]] = []
@@ -165,7 +159,7 @@ def lift_features(
                     fmap.resize,
                     None if fmap.valid is None else fmap.valid.cpu(),
                 )
-                accumulate_feature_map(acc, _contrib_on_cpu(contrib), fmap)
+                accumulate_feature_map(acc, contrib, fmap)  # contributions are CPU tensors
                 acc.views_done.append(cam.name)
                 bar.update(1)
                 since_ckpt += 1

@@ -64,8 +64,13 @@ def resize_feature_map(fmap: FeatureMap, height: int, width: int) -> tuple[Tenso
             x = tF.interpolate(x, size=(height, width), mode="nearest")
         feats = x[0].permute(1, 2, 0)
         if valid is not None:
-            valid = tF.interpolate(valid[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0.5
+            valid = _resize_valid(valid, height, width)
     return feats.float().contiguous(), valid
+
+
+def _resize_valid(valid: Tensor, height: int, width: int) -> Tensor:
+    """[h, w] bool -> [height, width] bool, nearest."""
+    return tF.interpolate(valid[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0.5
 
 
 @numba.njit(parallel=True, cache=True, fastmath=True)
@@ -326,14 +331,10 @@ def fold_bilinear(contrib: Contributions, h: int, w: int) -> Contributions:
     else:
         offsets = np.zeros(H * W + 1, np.int64)
         np.cumsum(np.bincount(pixel.numpy(), minlength=H * W), out=offsets[1:])
-    ty0, ty1, tly = _bilinear_taps(H, h)
-    tx0, tx1, tlx = _bilinear_taps(W, w)
     block = 16
     n_tiles = ((H + block - 1) // block) * ((W + block - 1) // block)
-    counts = np.zeros(n_tiles, np.int64)
     g_np, w_np = gaussian.contiguous().numpy(), weight.contiguous().numpy()
     n_gauss = int(g_np.max()) + 1 if g_np.size else 0
-    empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
     if _FOLD_FAST and (h, w) == (H, W) and g_np.size:
         # Identity taps: one pass that regroups the entries (same output as the dense-buffer kernel below).
         tiles_x = (W + block - 1) // block
@@ -349,6 +350,10 @@ def fold_bilinear(contrib: Contributions, h: int, w: int) -> Contributions:
         if not bad.any():
             return Contributions(torch.from_numpy(out_q), torch.from_numpy(out_g), torch.from_numpy(out_w), h, w)
         del out_q, out_g, out_w
+    ty0, ty1, tly = _bilinear_taps(H, h)
+    tx0, tx1, tlx = _bilinear_taps(W, w)
+    counts = np.zeros(n_tiles, np.int64)
+    empty_i, empty_f = np.zeros(0, np.int32), np.zeros(0, np.float32)
     args = (offsets, g_np, w_np, W, ty0, ty1, tly, tx0, tx1, tlx, w, block, n_gauss)
     _fold_kernel(*args, counts, empty_i, empty_i, empty_f, False)
     starts = np.zeros(n_tiles, np.int64)
@@ -369,9 +374,7 @@ def accumulate_feature_map(acc: Accumulator, contrib: Contributions, fmap: Featu
         feats, valid = resize_feature_map(fmap, H, W)
         _accumulate(acc, contrib, feats, valid)
         return
-    valid = None
-    if fmap.valid is not None:
-        valid = tF.interpolate(fmap.valid[None, None].float(), size=(H, W), mode="nearest")[0, 0] > 0.5
+    valid = None if fmap.valid is None else _resize_valid(fmap.valid, H, W)
     _accumulate(acc, contrib, fmap.features, valid)
 
 

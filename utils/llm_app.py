@@ -303,20 +303,17 @@ def run_llm_viewer(cfg: Any, assistant=None, *, block: bool = True, max_render_w
     for k in ("format", "data_factor", "normalize", "undistort"):
         if getattr(cfg, k, None) is not None:
             setattr(scene, k, getattr(cfg, k))
-    if not scene.demo and scene.data_dir is None and scene.orbit == 0:
-        scene.orbit = 24  # a scene without cameras: next/previous step along an orbit
     features = cfg.features
     if features is None and scene.demo:
-        features = Path("results") / "demo" / "features_maps.pt"
-        if not features.exists():
-            from .demo_scene import demo_features_path
+        from .demo_scene import demo_features_path
 
-            features = demo_features_path()
+        features = demo_features_path()  # lifted (again) when missing or stale
     if assistant is None:
         from .assistant import assistant_from_config
 
         assistant = assistant_from_config(cfg)
-    splats, cameras = load_scene_and_cameras(scene, verbose=True)
+    # A scene without cameras: next/previous step along an orbit.
+    splats, cameras = load_scene_and_cameras(scene, verbose=True, default_orbit=24)
     field = load_feature_field(features, splats) if features is not None else None
     out = getattr(cfg, "out", None) or Path("results") / scene.scene_name() / "llm"
     viewer = Viewer(splats, cameras, ViewerOptions(host=cfg.host, port=cfg.port, max_render_width=max_render_width),

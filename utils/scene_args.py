@@ -55,8 +55,11 @@ def demo_paths() -> tuple[Path, Path]:
     return root / "ckpts" / "ckpt_demo.pt", root
 
 
-def load_scene_and_cameras(args: SceneArgs, verbose: bool = True) -> tuple[Splats, list[Camera]]:
-    """Load the Gaussians and the views the flags describe (COLMAP, orbit or demo)."""
+def load_scene_and_cameras(args: SceneArgs, verbose: bool = True, default_orbit: int = 0) -> tuple[Splats, list[Camera]]:
+    """Load the Gaussians and the views the flags describe (COLMAP, orbit or demo).
+
+    default_orbit: views of the orbit used when the flags name no cameras (0 = that is an error).
+    """
     from .camera_paths import orbit_for_scene
     from .colmap import load_colmap_cameras_for_scene
     from .scene_io import load_scene
@@ -67,8 +70,9 @@ def load_scene_and_cameras(args: SceneArgs, verbose: bool = True) -> tuple[Splat
     if checkpoint is None:
         raise UserError("no scene given: pass --checkpoint PATH (and --data-dir or --orbit N), or --demo")
     splats = load_scene(checkpoint, format=args.format)
-    if args.orbit > 0:
-        cameras = orbit_for_scene(splats, args.orbit, args.width, args.height)
+    orbit = args.orbit if args.orbit > 0 or data_dir is not None else default_orbit
+    if orbit > 0:
+        cameras = orbit_for_scene(splats, orbit, args.width, args.height)
     elif data_dir is not None:
         cameras = load_colmap_cameras_for_scene(
             data_dir, splats, data_factor=args.data_factor, normalize=args.normalize, undistort=args.undistort,
