@@ -72,36 +72,46 @@ def _copy_bandwidth() -> float:
     return 3 * 2 * src.numel() * 4 / (time.perf_counter() - t0)
 
 
+def _render_contributions(splats, cam, workspace) -> int:
+    from utils.feature_sources.base import FeatureMap
+    from utils.lifting import view_weights
+
+    return view_weights(splats, cam, FeatureMap(torch.zeros(cam.height, cam.width, 1)), workspace=workspace)[0].num
+
+
 def run_one(scene: str, D: int, views: int, res: str) -> dict:
     from utils.feature_sources.base import FeatureMap
-    from utils.lifting import Accumulator, accumulate_feature_map
-    from utils.render import render_contributions
+    from utils.lifting import Accumulator, accumulate_store, view_weights
+    from utils.raster_cpu import StoreWorkspace
 
     splats, cams = _scene(scene)
-    # Warm-up: compile (or load from cache) every kernel on a tiny view.
+    workspace = StoreWorkspace()  # as a lifting job does: one per job, reused by every view
+    # Warm-up: compile (or load from cache) every kernel on a tiny view, and size the workspace on a full one.
     small = cams[0].scaled(0.05)
-    c = render_contributions(splats, small)
     warm = Accumulator.zeros(splats.num, D)
-    accumulate_feature_map(warm, c, FeatureMap(torch.randn(small.height, small.width, D)))
-    accumulate_feature_map(warm, c, FeatureMap(torch.randn(8, 12, D)))
+    for fm in (FeatureMap(torch.randn(small.height, small.width, D)), FeatureMap(torch.randn(8, 12, D))):
+        accumulate_store(warm, *view_weights(splats, small, fm, workspace=workspace))
     del warm
-
     fh, fw = (H, W) if res == "full" else (240, 368)
+    view_weights(splats, cams[-1], FeatureMap(torch.zeros(fh, fw, 1)), workspace=workspace)
+
     acc = Accumulator.zeros(splats.num, D)
     g = torch.Generator().manual_seed(0)
     t_w, t_p, contribs = [], [], []
     for cam in cams[:views]:
         F = torch.randn(fh, fw, D, generator=g)
         F /= F.norm(dim=-1, keepdim=True)
+        fmap = FeatureMap(F)
         t0 = time.perf_counter()
-        contrib = render_contributions(splats, cam)
+        store, feats = view_weights(splats, cam, fmap, workspace=workspace)
         t1 = time.perf_counter()
-        accumulate_feature_map(acc, contrib, FeatureMap(F))
+        accumulate_store(acc, store, feats)
         t2 = time.perf_counter()
         t_w.append(t1 - t0)
         t_p.append(t2 - t1)
-        contribs.append(contrib.num)
-        del contrib, F
+        # The floor counts the render-size contributions (w > 0), whatever the map's resolution.
+        contribs.append(_render_contributions(splats, cam, workspace) if res != "full" else store.num)
+        del store, F
     gemm, bw = _gemm_rate(D), _copy_bandwidth()
     M = float(np.mean(contribs))
     t_weights, t_product = float(np.median(t_w)), float(np.median(t_p))

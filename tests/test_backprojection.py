@@ -19,14 +19,8 @@ from utils.errors import UserError
 from utils.feature_sources.base import FeatureMap, FeatureSource, SourceInfo
 from utils.feature_sources.maps_source import MapsSource
 from utils.feature_sources.rgb_source import RGBSource
-from utils.lifting import (
-    Accumulator,
-    accumulate_feature_map,
-    accumulate_view,
-    accumulate_view_reference,
-    resize_feature_map,
-)
-from utils.render import Contributions
+from utils.lifting import Accumulator, accumulate_view_reference, lift_view, resize_feature_map
+from utils.render import render_contributions
 from utils.splats import Splats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,38 +87,51 @@ def reference_lift(splats, cameras, maps: dict[str, torch.Tensor]):
     return feats, denom
 
 
-def test_accumulate_kernel_matches_float64_index_add():
+# Map sizes for a 61 x 83 render: the render size, smaller bilinear maps (one pixel, odd sizes, one axis only),
+# and a nearest (label-like) map, which is resized to the render instead of folded.
+LIFT_MAPS = [((61, 83), "bilinear"), ((1, 1), "bilinear"), ((9, 13), "bilinear"), ((30, 41), "bilinear"),
+             ((61, 40), "bilinear"), ((20, 30), "nearest")]
+
+
+@pytest.mark.parametrize("size,resize", LIFT_MAPS)
+@pytest.mark.parametrize("use_valid", [False, True])
+def test_lift_view_equals_float64_index_add(size, resize, use_valid):
+    """lift_view (one-pass tile store, folded low-res taps, grouped product) equals the float64 index_add reference
+    of lifting the map resized to the render size, over the rasterizer's own weights; partial edge tiles included."""
+    splats = random_splats(400, seed=3)
+    cams = ring_cameras(3, 83, 61)
     g = torch.Generator().manual_seed(0)
-    H, W, N, D, M = 20, 30, 50, 37, 4000
-    pixel = torch.randint(0, H * W, (M,), generator=g).sort().values
-    contrib = Contributions(pixel, torch.randint(0, N, (M,), generator=g), torch.rand(M, generator=g), H, W)
-    feats = torch.randn(H, W, D, generator=g)
-    valid = torch.rand(H, W, generator=g) > 0.2
-    a, b = Accumulator.zeros(N, D), Accumulator.zeros(N, D)
-    for _ in range(3):
-        accumulate_view(a, contrib, feats, valid)
-        accumulate_view_reference(b, contrib, feats, valid)
-    torch.testing.assert_close(a.numer, b.numer, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(a.denom, b.denom, rtol=1e-12, atol=1e-12)
-    assert (a.denom > 0).sum() > N // 2
+    a, ref = Accumulator.zeros(400, 37), Accumulator.zeros(400, 37)
+    for cam in cams:
+        valid = torch.rand(*size, generator=g) > 0.2 if use_valid else None
+        fmap = FeatureMap(torch.randn(*size, 37, generator=g), resize=resize, valid=valid)
+        lift_view(a, splats, cam, fmap)
+        feats, valid_up = resize_feature_map(fmap, 61, 83)
+        accumulate_view_reference(ref, render_contributions(splats, cam), feats, valid_up)
+    assert (ref.denom > 0).sum() > 300
+    torch.testing.assert_close(a.numer, ref.numer, rtol=1e-5, atol=2e-5)
+    # Folded weights are float32 sums of a tile's taps: the denominator matches to float32 rounding then.
+    folded = resize == "bilinear" and size != (61, 83)
+    torch.testing.assert_close(a.denom, ref.denom, rtol=1e-6 if folded else 1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("lo", [(1, 1), (7, 5), (30, 20), (64, 48), (31, 33)])
-def test_folded_bilinear_equals_lifting_the_upsampled_map(lo):
-    """A low-res bilinear map is never upsampled: folding the upsampling into the weights gives the same sums."""
-    g = torch.Generator().manual_seed(4)
-    H, W, N, D, M = 48, 64, 300, 24, 20000
-    pixel = torch.randint(0, H * W, (M,), generator=g).sort().values
-    contrib = Contributions(pixel, torch.randint(0, N, (M,), generator=g), torch.rand(M, generator=g), H, W)
-    w_lo, h_lo = lo
-    fmap = FeatureMap(torch.randn(h_lo, w_lo, D, generator=g), resize="bilinear",
-                      valid=torch.rand(h_lo, w_lo, generator=g) > 0.1)
-    a, b = Accumulator.zeros(N, D), Accumulator.zeros(N, D)
-    accumulate_feature_map(a, contrib, fmap)
-    feats, valid = resize_feature_map(fmap, H, W)
-    accumulate_view_reference(b, contrib, feats, valid)
-    torch.testing.assert_close(a.numer, b.numer, rtol=1e-5, atol=2e-5)
-    torch.testing.assert_close(a.denom, b.denom, rtol=1e-9, atol=1e-9)
+def test_store_overflow_retry_gives_the_same_sums(monkeypatch):
+    """A store too small for the view (first guess forced to almost nothing) is regrown and the view redone: the
+    result is bitwise the one of a store that fitted at once."""
+    from utils import raster_cpu
+
+    splats = random_splats(400, seed=3)
+    cam = ring_cameras(3, 83, 61)[0]
+    fmap = FeatureMap(torch.randn(20, 30, 16, generator=torch.Generator().manual_seed(1)))
+    a, b = Accumulator.zeros(400, 16), Accumulator.zeros(400, 16)
+    lift_view(a, splats, cam, fmap)
+    calls = []
+    kernel = raster_cpu._tile_kernel
+    monkeypatch.setattr(raster_cpu, "_STORE_GUESS", (0, 0))
+    monkeypatch.setattr(raster_cpu, "_tile_kernel", lambda *args: (calls.append(1), kernel(*args)))
+    lift_view(b, splats, cam, fmap)
+    assert len(calls) == 2  # overflowed, then redone
+    assert torch.equal(a.numer, b.numer) and torch.equal(a.denom, b.denom)
 
 
 @pytest.mark.parametrize("low_res", [False, True])
@@ -335,71 +342,3 @@ def test_pick_equals_full_render_pick(demo_root):
             assert torch.equal(a.point.nan_to_num(), b.point.nan_to_num())
             hits += a.hit
     assert hits >= 5
-
-
-def _random_contrib(g: torch.Generator, H: int, W: int, N: int, M: int) -> Contributions:
-    pixel = torch.randint(0, H * W, (M,), generator=g).sort().values.int()
-    return Contributions(pixel, torch.randint(0, N, (M,), generator=g).int(), torch.rand(M, generator=g), H, W)
-
-
-def _unique_contrib(g: torch.Generator, H: int, W: int, N: int, per_pixel: int) -> Contributions:
-    """Rasterizer-like: every pixel holds distinct Gaussians (no repeated (pixel, Gaussian)), positive weights."""
-    ids = torch.stack([torch.randperm(N, generator=g)[:per_pixel] for _ in range(H * W)]).int()
-    keep = torch.rand(H * W, per_pixel, generator=g) < 0.7
-    pixel = torch.arange(H * W, dtype=torch.int32)[:, None].expand(-1, per_pixel)[keep]
-    w = torch.rand(H * W, per_pixel, generator=g)[keep] * 0.5 + 1e-3
-    return Contributions(pixel.contiguous(), ids[keep].contiguous(), w.contiguous(), H, W)
-
-
-@pytest.mark.parametrize("kind", ["unique", "random"])
-def test_one_pass_identity_fold_equals_two_pass_fold(monkeypatch, kind):
-    """At the render size the fold is a regrouping done in one pass: bitwise the entries of the original count + fill
-    passes. Inputs with repeated (pixel, Gaussian) pairs and zero weights (which the dense buffer merges / drops)
-    must fall back to those passes."""
-    from utils import lifting
-
-    g = torch.Generator().manual_seed(11)
-    H, W = 70, 97
-    c = _unique_contrib(g, H, W, 500, 6) if kind == "unique" else _random_contrib(g, H, W, 400, 60000)
-    if kind == "random":
-        c.weight[::97] = 0.0
-    fast = lifting.fold_bilinear(c, H, W)
-    monkeypatch.setattr(lifting, "_FOLD_FAST", False)
-    slow = lifting.fold_bilinear(c, H, W)
-    assert fast.num == slow.num > 0
-    for k in ("pixel", "gaussian", "weight"):
-        assert torch.equal(getattr(fast, k), getattr(slow, k)), k
-    if kind == "unique":
-        assert fast.num == c.num  # identity taps: the same entries, regrouped
-
-
-@pytest.mark.parametrize("lo", [(1, 1), (13, 9), (97, 70)])
-def test_lifting_with_offsets_and_odd_tiles_equals_float64_reference(lo):
-    """Partial edge tiles, rasterizer CSR offsets passed along, identity and low-res maps: accumulate_feature_map
-    equals the float64 reference of lifting the upsampled map."""
-    g = torch.Generator().manual_seed(7)
-    H, W, N, D = 70, 97, 500, 19
-    c = _unique_contrib(g, H, W, N, 8)
-    c.offsets = torch.zeros(H * W + 1, dtype=torch.int64)
-    c.offsets[1:] = torch.cumsum(torch.bincount(c.pixel.long(), minlength=H * W), 0)
-    w_lo, h_lo = lo
-    fmap = FeatureMap(torch.randn(h_lo, w_lo, D, generator=g))
-    a, ref = Accumulator.zeros(N, D), Accumulator.zeros(N, D)
-    accumulate_feature_map(a, c, fmap)
-    accumulate_view_reference(ref, c, resize_feature_map(fmap, H, W)[0])
-    torch.testing.assert_close(a.numer, ref.numer, rtol=1e-5, atol=2e-5)
-    torch.testing.assert_close(a.denom, ref.denom, rtol=1e-12, atol=1e-12)
-    assert (a.denom > 0).sum() > N // 2
-
-
-def test_denominator_is_index_add_bitwise():
-    """denom (a serial numba loop in entry order) is bitwise torch's float64 index_add_, with a validity mask too."""
-    g = torch.Generator().manual_seed(8)
-    H, W, N, D = 40, 50, 120, 8
-    c = _random_contrib(g, H, W, N, 8000)
-    valid = torch.rand(H, W, generator=g) > 0.3
-    a = Accumulator.zeros(N, D)
-    accumulate_view(a, c, torch.randn(H, W, D, generator=g), valid)
-    keep = valid.reshape(-1)[c.pixel.long()]
-    ref = torch.zeros(N, dtype=torch.float64).index_add_(0, c.gaussian[keep].long(), c.weight[keep].double())
-    assert torch.equal(a.denom, ref)

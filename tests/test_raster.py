@@ -19,7 +19,7 @@ from reference_raster import ref_render, ref_sh_colors
 from utils.camera import Camera, look_at
 from utils.errors import UserError
 from utils.projection import project
-from utils.raster_cpu import bin_tiles, pixel_contributions, pixel_weights, rasterize
+from utils.raster_cpu import bin_tiles, pixel_contributions, pixel_weights, rasterize, rasterize_store
 from utils.render import Contributions, render, render_contributions
 from utils.splats import Splats
 
@@ -394,6 +394,45 @@ def test_pixel_contributions_equal_full_render(case: Case) -> None:
     assert torch.equal(a.gaussian, b.gaussian) and torch.equal(a.weight, b.weight) and torch.equal(a.offsets, b.offsets)
     with pytest.raises(ValueError, match="pixel indices"):
         pixel_contributions(proj, torch.tensor([cam.width * cam.height]))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c.mode}-{c.width}x{c.height}")
+def test_store_equals_contributions(case: Case) -> None:
+    """The one-pass tile store holds bitwise the (pixel, Gaussian, weight) entries of `rasterize_contributions`,
+    each tile's inside the tile and grouped by Gaussian in depth order; a validity mask drops exactly its pixels."""
+    s, cam0 = make_scene(case.seed, case.n)
+    cam = _camera(cam0, case.width, case.height, case.dcx, case.dcy)
+    proj = project(s, cam, rasterize_mode=case.mode)
+    bins = bin_tiles(proj)
+    want = rasterize_contributions_sorted(proj)
+    valid = np.random.default_rng(case.seed).random(cam.width * cam.height) > 0.3
+    for mask in (None, valid):
+        st = rasterize_store(proj, bins=bins, valid=mask)
+        rank = np.empty(s.num, np.int64)
+        rank[bins.order] = np.arange(bins.order.size)
+        got = []
+        for t in range(bins.tiles_x * bins.tiles_y):
+            sl = slice(st.tile_start[t], st.tile_start[t] + st.tile_len[t])
+            pix, gid = st.pixel[sl], st.gaussian[sl]
+            ty, tx = divmod(t, bins.tiles_x)
+            assert ((pix // cam.width // 16 == ty) & (pix % cam.width // 16 == tx)).all()
+            runs = gid[np.r_[True, gid[1:] != gid[:-1]]] if gid.size else gid
+            assert len(set(runs.tolist())) == runs.size  # one run per Gaussian
+            assert (np.diff(rank[runs]) > 0).all()  # front to back
+            got.append(np.stack([pix.astype(np.float64), gid, st.weight[sl].view(np.int32)], 1))
+        got = np.concatenate(got)
+        keep = np.ones(len(want), bool) if mask is None else mask[want[:, 0].astype(np.int64)]
+        assert got.shape[0] == keep.sum() > 100
+        np.testing.assert_array_equal(got[np.lexsort(got.T[::-1])], want[keep])
+
+
+def rasterize_contributions_sorted(proj) -> np.ndarray:
+    """[M, 3] rows (pixel, gaussian, weight bits) of `rasterize_contributions`, sorted lexicographically."""
+    from utils.raster_cpu import rasterize_contributions
+
+    c = rasterize_contributions(proj)
+    rows = np.stack([c.pixel.numpy().astype(np.float64), c.gaussian.numpy(), c.weight.numpy().view(np.int32)], 1)
+    return rows[np.lexsort(rows.T[::-1])]
 
 
 def test_pixel_contributions_depth_ties_and_saturation() -> None:

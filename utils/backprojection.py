@@ -16,8 +16,9 @@ from .camera import Camera
 from .errors import UserError
 from .feature_sources.base import FeatureMap, FeatureSource
 from .features_file import FeatureField, save_feature_field
-from .lifting import Accumulator, accumulate_feature_map
-from .render import render, render_contributions
+from .lifting import Accumulator, lift_view
+from .raster_cpu import StoreWorkspace
+from .render import render
 from .splats import Splats
 from .version import __version__
 
@@ -142,24 +143,20 @@ def lift_features(
         disable=not options.progress or dist_info.rank != 0,
     )
     since_ckpt = 0
+    workspace = StoreWorkspace()  # the weights' buffers, reused by every view of this job
     try:
         for batch in _same_size_batches(todo, source.batch_size):
-            contribs, images = [], []
-            for cam in batch:
-                if source.needs_images:
-                    out = render(splats, cam, return_contributions=True, backend=options.backend)
-                    images.append(out.colors.clamp(0, 1))
-                    contribs.append(out.contributions)
-                else:
-                    contribs.append(render_contributions(splats, cam, backend=options.backend))
-            fmaps = source(torch.stack(images) if images else None, batch)
-            for cam, contrib, fmap in zip(batch, contribs, fmaps):
+            images = None
+            if source.needs_images:
+                images = torch.stack([render(splats, cam, backend=options.backend).colors.clamp(0, 1) for cam in batch])
+            fmaps = source(images, batch)
+            for cam, fmap in zip(batch, fmaps):
                 fmap = FeatureMap(
                     torch.nan_to_num(fmap.features.float().cpu(), nan=0.0, posinf=0.0, neginf=0.0),
                     fmap.resize,
                     None if fmap.valid is None else fmap.valid.cpu(),
                 )
-                accumulate_feature_map(acc, contrib, fmap)  # contributions are CPU tensors
+                lift_view(acc, splats, cam, fmap, workspace=workspace, backend=options.backend)
                 acc.views_done.append(cam.name)
                 bar.update(1)
                 since_ckpt += 1

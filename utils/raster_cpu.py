@@ -10,6 +10,8 @@ Pipeline for one view (input: a `Projection`):
    All float32 like gsplat's CUDA kernel.
 3. Contributions (the sparse weights w per pixel) come from a second pass: pass 1 counts per pixel, a prefix sum
    gives each pixel's slot, pass 2 repeats the same decisions and writes (pixel, gaussian, weight).
+   For lifting, `rasterize_store` keeps them in one pass instead, per tile and grouped by Gaussian (the kernel's own
+   visiting order), optionally folded onto a low-resolution map's bilinear taps.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ _T_MIN = 1e-4  # transmittance at which a pixel is done
 _MAX_ALPHA = 0.999
 # Gaussians with sigma > ln(255 o) + margin have alpha < 1/255 whatever the float rounding: skip them without exp.
 _SIGMA_MARGIN = 1e-3
+# Entries per tile-list entry to reserve at first (a 1M-Gaussian view has ~15; ~4 once folded to LSeg's 1/3.5 grid).
+_STORE_GUESS = (16, 4)
+# A 16x16 tile covers at most 17 rows/columns of a map no larger than the render (bilinear taps reach one more).
+_FOLD_BOX = TILE + 2
 
 
 @dataclass
@@ -146,15 +152,83 @@ def _accumulate_rows(acc, colors, g, buf_li, buf_w, nb):  # pragma: no cover - n
             a[d] += c[d] * w
 
 
+@numba.njit(cache=True, inline="always")
+def _fold_add(cell, v, fbuf, mark, touched, nt, stamp):  # pragma: no cover - numba
+    if mark[cell] != stamp:
+        mark[cell] = stamp
+        touched[nt] = cell
+        nt += 1
+    fbuf[cell] += v
+    return nt
+
+
+# Inlined (numba IR): a call would incref/decref every array argument, per Gaussian run.
+@numba.njit(cache=True, inline="always")
+def _store_run(
+    g, buf_li, buf_w, nb, i0, j0, width, valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo,
+    fbuf, mark, touched, stamp, s_pix, s_g, s_w, pos, end,
+):  # pragma: no cover - numba
+    """Append one Gaussian's entries in a tile (pixels within the tile `buf_li`, weights `buf_w`) to the store at
+    `pos` (writes only below `end`, counts anyway). Pixels with valid_px False are dropped. fold: merge the
+    entries' bilinear taps (the torch upsampling tables ty*/tx*) per low-res pixel of a w_lo-wide map first, in
+    first-touch order. Returns the new position."""
+    has_valid = valid_px.shape[0] > 0
+    if not fold:
+        for m in range(nb):
+            li = buf_li[m]
+            pix = (i0 + li // TILE) * width + j0 + li % TILE
+            if has_valid and not valid_px[pix]:
+                continue
+            if pos < end:
+                s_pix[pos] = pix
+                s_g[pos] = g
+                s_w[pos] = buf_w[m]
+            pos += 1
+        return pos
+    one = _F(1.0)
+    qy0, qx0 = ty0[i0], tx0[j0]
+    nt = 0
+    stride = _FOLD_BOX
+    for m in range(nb):
+        li = buf_li[m]
+        i, j = i0 + li // TILE, j0 + li % TILE
+        if has_valid and not valid_px[i * width + j]:
+            continue
+        w = buf_w[m]
+        ly, lx = tly[i], tlx[j]
+        r0, r1 = (ty0[i] - qy0) * stride, (ty1[i] - qy0) * stride
+        c0, c1 = tx0[j] - qx0, tx1[j] - qx0
+        nt = _fold_add(r0 + c0, w * (one - ly) * (one - lx), fbuf, mark, touched, nt, stamp)
+        nt = _fold_add(r0 + c1, w * (one - ly) * lx, fbuf, mark, touched, nt, stamp)
+        nt = _fold_add(r1 + c0, w * ly * (one - lx), fbuf, mark, touched, nt, stamp)
+        nt = _fold_add(r1 + c1, w * ly * lx, fbuf, mark, touched, nt, stamp)
+    for k in range(nt):
+        cell = touched[k]
+        v = fbuf[cell]
+        fbuf[cell] = 0
+        if v != 0:
+            if pos < end:
+                s_pix[pos] = (qy0 + cell // stride) * w_lo + qx0 + cell % stride
+                s_g[pos] = g
+                s_w[pos] = v
+            pos += 1
+    return pos
+
+
 @numba.njit(parallel=True, cache=True)
 def _tile_kernel(
-    offsets, ranks, order, tile_order, tiles_x, width, height, gauss, colors, background,
-    do_color, do_count, do_fill,
+    offsets, ranks, order, tile_order, n_jobs, tiles_x, width, height, gauss, colors, background,
+    do_color, do_count, do_fill, do_store,
     out_color, out_T, out_depth, counts, pix_offsets, c_pixel, c_gauss, c_weight,
+    valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo, s_pix, s_g, s_w, tile_start, tile_len, job_used,
 ):  # pragma: no cover - numba
-    """One pass over all tiles (parallel). gauss: `TileBins.gauss` (per-rank packed Gaussians).
+    """One pass over all tiles: job j (of n_jobs, in parallel) runs tiles tile_order[j::n_jobs].
+    gauss: `TileBins.gauss` (per-rank packed Gaussians).
     do_color: composite colours/depth/T; do_count: per-pixel contribution counts; do_fill: write contributions
-    at pix_offsets (the prefix sum of a counting pass).
+    at pix_offsets (the prefix sum of a counting pass); do_store: append each tile's contributions, grouped by
+    Gaussian, to job j's slice of the store (s_pix, s_g, s_w) (see `_store_run` for valid_px and fold), record
+    tile_start/tile_len, and the entries each job needed in job_used (a job whose slice was too small writes
+    nothing past it, and the caller retries with a bigger store).
 
     Loops run Gaussian-major inside a tile (each pixel still sees its Gaussians front to back, so the result is the
     per-pixel loop's), and a Gaussian only visits the pixels where sigma <= ln(255 o) + margin (an ellipse, row by
@@ -165,99 +239,122 @@ def _tile_kernel(
     amax = _F(_MAX_ALPHA)
     tmin = _F(_T_MIN)
     D = colors.shape[1]
-    for q in numba.prange(tile_order.shape[0]):
-        t = tile_order[q]
-        ty, tx = t // tiles_x, t % tiles_x
-        i0, j0 = ty * TILE, tx * TILE
-        i1, j1 = min(i0 + TILE, height), min(j0 + TILE, width)
-        npx = (i1 - i0) * (j1 - j0)
-        T = np.ones(TILE * TILE, np.float32)
-        done = np.zeros(TILE * TILE, np.bool_)
-        cnt = np.zeros(TILE * TILE, np.int32)
-        dep = np.zeros(TILE * TILE, np.float32)
-        acc = np.zeros((TILE * TILE, D), np.float32)
-        cur = np.zeros(TILE * TILE, np.int64)
-        buf_li = np.empty(TILE * TILE, np.int64)
-        buf_w = np.empty(TILE * TILE, np.float32)
-        if do_fill:
+    n_tiles = tile_order.shape[0]
+    job_cap = s_w.shape[0] // n_jobs
+    for job in numba.prange(n_jobs):
+        pos = job * job_cap
+        end = pos + job_cap
+        fbuf = np.zeros(_FOLD_BOX * _FOLD_BOX if fold else 0, np.float32)
+        mark = np.zeros(_FOLD_BOX * _FOLD_BOX if fold else 0, np.int64)
+        touched = np.empty(4 * TILE * TILE if fold else 0, np.int64)
+        stamp = 0
+        for q in range(job, n_tiles, n_jobs):
+            t = tile_order[q]
+            ty, tx = t // tiles_x, t % tiles_x
+            i0, j0 = ty * TILE, tx * TILE
+            i1, j1 = min(i0 + TILE, height), min(j0 + TILE, width)
+            npx = (i1 - i0) * (j1 - j0)
+            T = np.ones(TILE * TILE, np.float32)
+            done = np.zeros(TILE * TILE, np.bool_)
+            cnt = np.zeros(TILE * TILE, np.int32)
+            dep = np.zeros(TILE * TILE, np.float32)
+            acc = np.zeros((TILE * TILE, D), np.float32)
+            cur = np.zeros(TILE * TILE, np.int64)
+            buf_li = np.empty(TILE * TILE, np.int64)
+            buf_w = np.empty(TILE * TILE, np.float32)
+            if do_fill:
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        cur[(i - i0) * TILE + (j - j0)] = pix_offsets[i * width + j]
+            if do_store:
+                tile_start[t] = pos
+            ndone = 0
+            for k in range(offsets[t], offsets[t + 1]):
+                if ndone == npx:
+                    break  # every pixel of the tile is saturated
+                r = ranks[k]
+                g = order[r]
+                mx, my = gauss[r, 0], gauss[r, 1]
+                ca, cb, cc = gauss[r, 2], gauss[r, 3], gauss[r, 4]
+                op, z, skip = gauss[r, 5], gauss[r, 6], gauss[r, 7]
+                # Rows whose pixel centres are within ry + 1/2 of my (the opacity-aware box, grown for rounding).
+                ry = np.float64(gauss[r, 8]) + 0.5
+                ia = max(i0, int(math.ceil(np.float64(my) - ry - 0.5)))
+                ib = min(i1, int(math.floor(np.float64(my) + ry - 0.5)) + 1)
+                a64, b64, c64, s64 = np.float64(ca), np.float64(cb), np.float64(cc), np.float64(skip)
+                inv_a = 1.0 / a64
+                mx64 = np.float64(mx)
+                nb = 0
+                for i in range(ia, ib):
+                    dy = my - (_F(i) + half)
+                    # On this row sigma(dx) = a dx^2 / 2 + b dy dx + c dy^2 / 2 <= skip only between the two roots:
+                    # outside them the pixel would be skipped anyway (sigma > ln(255 o) + margin), so only the pixels
+                    # between them (plus 0.01 px for rounding) are visited. Float64 for the bounds only.
+                    dy64 = np.float64(dy)
+                    disc = b64 * b64 * dy64 * dy64 - a64 * (c64 * dy64 * dy64 - 2.0 * s64)
+                    if disc < 0.0:
+                        continue
+                    # dx = mx - px in [(-b dy - sq) / a, (-b dy + sq) / a]  <=>  px in [centre - half_w, centre + half_w]
+                    centre = mx64 + b64 * dy64 * inv_a
+                    half_w = math.sqrt(disc) * inv_a
+                    ja = max(j0, int(math.ceil(centre - half_w - 0.5 - 0.01)))
+                    jb = min(j1, int(math.floor(centre + half_w - 0.5 + 0.01)) + 1)
+                    for j in range(ja, jb):
+                        li = (i - i0) * TILE + (j - j0)
+                        if done[li]:
+                            continue
+                        dx = mx - (_F(j) + half)
+                        sigma = half * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                        if sigma < 0 or sigma > skip:
+                            continue
+                        alpha = min(amax, op * math.exp(-sigma))
+                        if alpha < thr:
+                            continue
+                        Tl = T[li]
+                        T_next = Tl * (one - alpha)
+                        if T_next <= tmin:
+                            done[li] = True  # the pixel is done; this Gaussian is not added
+                            ndone += 1
+                            continue
+                        w = alpha * Tl
+                        if do_color or do_store:
+                            buf_li[nb] = li
+                            buf_w[nb] = w
+                            nb += 1
+                        if do_color:
+                            dep[li] += z * w
+                        if do_fill:
+                            pos_p = cur[li]
+                            c_pixel[pos_p] = i * width + j
+                            c_gauss[pos_p] = g
+                            c_weight[pos_p] = w
+                            cur[li] = pos_p + 1
+                        cnt[li] += 1
+                        T[li] = T_next
+                if nb > 0:
+                    if do_color:
+                        _accumulate_rows(acc, colors, g, buf_li, buf_w, nb)
+                    if do_store:
+                        stamp += 1
+                        pos = _store_run(
+                            g, buf_li, buf_w, nb, i0, j0, width, valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo,
+                            fbuf, mark, touched, stamp, s_pix, s_g, s_w, pos, end,
+                        )  # fmt: skip
+            if do_store:
+                tile_len[t] = pos - tile_start[t]
             for i in range(i0, i1):
                 for j in range(j0, j1):
-                    cur[(i - i0) * TILE + (j - j0)] = pix_offsets[i * width + j]
-        ndone = 0
-        for k in range(offsets[t], offsets[t + 1]):
-            if ndone == npx:
-                break  # every pixel of the tile is saturated
-            r = ranks[k]
-            g = order[r]
-            mx, my = gauss[r, 0], gauss[r, 1]
-            ca, cb, cc = gauss[r, 2], gauss[r, 3], gauss[r, 4]
-            op, z, skip = gauss[r, 5], gauss[r, 6], gauss[r, 7]
-            # Rows whose pixel centres are within ry + 1/2 of my (the opacity-aware box, grown for rounding).
-            ry = np.float64(gauss[r, 8]) + 0.5
-            ia = max(i0, int(math.ceil(np.float64(my) - ry - 0.5)))
-            ib = min(i1, int(math.floor(np.float64(my) + ry - 0.5)) + 1)
-            a64, b64, c64, s64 = np.float64(ca), np.float64(cb), np.float64(cc), np.float64(skip)
-            inv_a = 1.0 / a64
-            mx64 = np.float64(mx)
-            nb = 0
-            for i in range(ia, ib):
-                dy = my - (_F(i) + half)
-                # On this row sigma(dx) = a dx^2 / 2 + b dy dx + c dy^2 / 2 <= skip only between the two roots:
-                # outside them the pixel would be skipped anyway (sigma > ln(255 o) + margin), so only the pixels
-                # between them (plus 0.01 px for rounding) are visited. Float64 for the bounds only.
-                dy64 = np.float64(dy)
-                disc = b64 * b64 * dy64 * dy64 - a64 * (c64 * dy64 * dy64 - 2.0 * s64)
-                if disc < 0.0:
-                    continue
-                # dx = mx - px in [(-b dy - sq) / a, (-b dy + sq) / a]  <=>  px in [centre - half_w, centre + half_w]
-                centre = mx64 + b64 * dy64 * inv_a
-                half_w = math.sqrt(disc) * inv_a
-                ja = max(j0, int(math.ceil(centre - half_w - 0.5 - 0.01)))
-                jb = min(j1, int(math.floor(centre + half_w - 0.5 + 0.01)) + 1)
-                for j in range(ja, jb):
                     li = (i - i0) * TILE + (j - j0)
-                    if done[li]:
-                        continue
-                    dx = mx - (_F(j) + half)
-                    sigma = half * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sigma < 0 or sigma > skip:
-                        continue
-                    alpha = min(amax, op * math.exp(-sigma))
-                    if alpha < thr:
-                        continue
-                    Tl = T[li]
-                    T_next = Tl * (one - alpha)
-                    if T_next <= tmin:
-                        done[li] = True  # the pixel is done; this Gaussian is not added
-                        ndone += 1
-                        continue
-                    w = alpha * Tl
+                    pix = i * width + j
+                    if do_count:
+                        counts[pix] = cnt[li]
                     if do_color:
-                        buf_li[nb] = li
-                        buf_w[nb] = w
-                        nb += 1
-                        dep[li] += z * w
-                    if do_fill:
-                        pos = cur[li]
-                        c_pixel[pos] = i * width + j
-                        c_gauss[pos] = g
-                        c_weight[pos] = w
-                        cur[li] = pos + 1
-                    cnt[li] += 1
-                    T[li] = T_next
-            if do_color and nb > 0:
-                _accumulate_rows(acc, colors, g, buf_li, buf_w, nb)
-        for i in range(i0, i1):
-            for j in range(j0, j1):
-                li = (i - i0) * TILE + (j - j0)
-                pix = i * width + j
-                if do_count:
-                    counts[pix] = cnt[li]
-                if do_color:
-                    out_T[pix] = T[li]
-                    out_depth[pix] = dep[li]
-                    for d in range(D):
-                        out_color[pix, d] = acc[li, d] + T[li] * background[d]
+                        out_T[pix] = T[li]
+                        out_depth[pix] = dep[li]
+                        for d in range(D):
+                            out_color[pix, d] = acc[li, d] + T[li] * background[d]
+        if do_store:
+            job_used[job] = pos - job * job_cap
 
 
 @dataclass
@@ -281,6 +378,9 @@ _EF = np.empty(0, np.float32)
 _EI = np.empty(0, np.int32)
 _EL = np.empty(0, np.int64)
 _E2 = np.empty((0, 0), np.float32)
+_EB = np.empty(0, np.bool_)
+# The store arguments of `_tile_kernel` when not storing.
+_NO_STORE = (_EB, False, _EL, _EL, _EF, _EL, _EL, _EF, 0, _EI, _EI, _EF, _EL, _EL, _EL)
 
 
 def _contributions(bins: TileBins, proj: Projection, order: np.ndarray, counts: np.ndarray) -> Contributions:
@@ -292,9 +392,9 @@ def _contributions(bins: TileBins, proj: Projection, order: np.ndarray, counts: 
     c_gauss = np.empty(M, np.int32)
     c_weight = np.empty(M, np.float32)
     _tile_kernel(
-        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, proj.width, proj.height, bins.gauss, _E2, _EF,
-        False, False, True,
-        _E2, _EF, _EF, _EI, pix_offsets, c_pixel, c_gauss, c_weight,
+        bins.offsets, bins.ranks, bins.order, order, order.shape[0], bins.tiles_x, proj.width, proj.height, bins.gauss,
+        _E2, _EF, False, False, True, False,
+        _E2, _EF, _EF, _EI, pix_offsets, c_pixel, c_gauss, c_weight, *_NO_STORE,
     )  # fmt: skip
     t = torch.from_numpy
     return Contributions(t(c_pixel), t(c_gauss), t(c_weight), proj.height, proj.width, offsets=t(pix_offsets))
@@ -333,9 +433,9 @@ def rasterize(
     out_depth = np.empty(H * W, np.float32)
     counts = np.empty(H * W if return_contributions else 0, np.int32)
     _tile_kernel(
-        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, W, H, bins.gauss, cols, bg,
-        True, return_contributions, False,
-        out_color, out_T, out_depth, counts, _EL, _EI, _EI, _EF,
+        bins.offsets, bins.ranks, bins.order, order, order.shape[0], bins.tiles_x, W, H, bins.gauss, cols, bg,
+        True, return_contributions, False, False,
+        out_color, out_T, out_depth, counts, _EL, _EI, _EI, _EF, *_NO_STORE,
     )  # fmt: skip
     contrib = _contributions(bins, proj, order, counts) if return_contributions else None
     t = torch.from_numpy
@@ -355,11 +455,123 @@ def rasterize_contributions(proj: Projection, *, bins: TileBins | None = None) -
     order = _tile_order(bins.tiles_x * bins.tiles_y)
     counts = np.empty(H * W, np.int32)
     _tile_kernel(
-        bins.offsets, bins.ranks, bins.order, order, bins.tiles_x, W, H, bins.gauss, _E2, _EF,
-        False, True, False,
-        _E2, _EF, _EF, counts, _EL, _EI, _EI, _EF,
+        bins.offsets, bins.ranks, bins.order, order, order.shape[0], bins.tiles_x, W, H, bins.gauss, _E2, _EF,
+        False, True, False, False,
+        _E2, _EF, _EF, counts, _EL, _EI, _EI, _EF, *_NO_STORE,
     )  # fmt: skip
     return _contributions(bins, proj, order, counts)
+
+
+@dataclass
+class TileStore:
+    """One view's contributions kept per 16x16 render tile (the output of `rasterize_store`), for lifting.
+
+    Tile t = ty * tiles_x + tx owns entries [tile_start[t], tile_start[t] + tile_len[t]) of pixel / gaussian / weight
+    (the buffers may hold unused gaps between tiles), grouped by Gaussian (front to back) within the tile.
+    pixel: int32 flat index into a grid_h x grid_w map: the render itself (w = alpha T exactly as `Contributions`), or
+    a smaller map whose bilinear upsampling to the render gives the features (w folded onto its pixels).
+    height, width: the render size.
+    """
+
+    pixel: np.ndarray
+    gaussian: np.ndarray
+    weight: np.ndarray
+    tile_start: np.ndarray
+    tile_len: np.ndarray
+    height: int
+    width: int
+    grid_h: int
+    grid_w: int
+
+    @property
+    def num(self) -> int:
+        return int(self.tile_len.sum())
+
+
+@dataclass
+class FoldTaps:
+    """Bilinear upsampling of an h x w map to the render, per render row (y0, y1, ly) and column (x0, x1, lx):
+    value(i, j) = sum of the map at rows y0/y1 (weights 1 - ly, ly) and columns x0/x1 (1 - lx, lx)."""
+
+    h: int
+    w: int
+    y0: np.ndarray
+    y1: np.ndarray
+    ly: np.ndarray
+    x0: np.ndarray
+    x1: np.ndarray
+    lx: np.ndarray
+
+
+class StoreWorkspace:
+    """Entry buffers reused by `rasterize_store` across views: a 1M-Gaussian view keeps ~60M entries, and
+    allocating (and first touching) them for every view costs more than filling them."""
+
+    def __init__(self) -> None:
+        self.pixel = np.empty(0, np.int32)
+        self.gaussian = np.empty(0, np.int32)
+        self.weight = np.empty(0, np.float32)
+
+    def reserve(self, n: int) -> None:
+        if n > self.weight.shape[0]:
+            self.pixel = np.empty(0, np.int32)  # free the old buffers first
+            self.gaussian = np.empty(0, np.int32)
+            self.weight = np.empty(0, np.float32)
+            self.pixel = np.empty(n, np.int32)
+            self.gaussian = np.empty(n, np.int32)
+            self.weight = np.empty(n, np.float32)
+
+
+def rasterize_store(
+    proj: Projection,
+    *,
+    bins: TileBins | None = None,
+    valid: np.ndarray | None = None,
+    fold: FoldTaps | None = None,
+    workspace: StoreWorkspace | None = None,
+) -> TileStore:
+    """The weights w = alpha T of every (pixel, Gaussian) pair in one pass, kept per tile and grouped by Gaussian.
+
+    valid: optional [H * W] bool; pixels where it is False are left out. fold: merge each tile's weights onto the
+    bilinear taps of a smaller map (h <= H, w <= W), so that sum_p w F_up(p) = sum_q w'(q) F(q).
+    The returned arrays live in `workspace` (reused by its next call) when one is given.
+    """
+    H, W = proj.height, proj.width
+    if bins is None:
+        bins = bin_tiles(proj)
+    n_tiles = bins.tiles_x * bins.tiles_y
+    order = _tile_order(n_tiles)
+    n_jobs = max(1, min(n_tiles, numba.get_num_threads()))
+    if valid is None:
+        valid = _EB
+    else:
+        assert valid.shape == (H * W,) and valid.dtype == np.bool_, (valid.shape, valid.dtype)
+    if fold is None:
+        taps = (False, _EL, _EL, _EF, _EL, _EL, _EF, 0)
+    else:
+        assert fold.h <= H and fold.w <= W and fold.y0.shape == (H,) and fold.x0.shape == (W,)
+        taps = (True, fold.y0, fold.y1, fold.ly, fold.x0, fold.x1, fold.lx, fold.w)
+    ws = workspace or StoreWorkspace()
+    # A first guess from the tile lists; a job that overflows its slice reports what it needed and the view is
+    # redone once with room for it.
+    per_isect = _STORE_GUESS[1 if fold else 0]
+    ws.reserve(n_jobs * (per_isect * bins.num_isects // n_jobs + 1024 * (per_isect > 0)))
+    tile_start = np.zeros(n_tiles, np.int64)
+    tile_len = np.zeros(n_tiles, np.int64)
+    job_used = np.zeros(n_jobs, np.int64)
+    for _ in range(2):
+        _tile_kernel(
+            bins.offsets, bins.ranks, bins.order, order, n_jobs, bins.tiles_x, W, H, bins.gauss, _E2, _EF,
+            False, False, False, True,
+            _E2, _EF, _EF, _EI, _EL, _EI, _EI, _EF,
+            valid, *taps, ws.pixel, ws.gaussian, ws.weight, tile_start, tile_len, job_used,
+        )  # fmt: skip
+        need = int(job_used.max())
+        if need <= ws.weight.shape[0] // n_jobs:
+            break
+        ws.reserve(n_jobs * (need + need // 8 + 1024))
+    grid = (H, W) if fold is None else (fold.h, fold.w)
+    return TileStore(ws.pixel, ws.gaussian, ws.weight, tile_start, tile_len, H, W, *grid)
 
 
 @numba.njit(cache=True)

@@ -6,7 +6,7 @@ Numerics follow gsplat 1.5.3 `rasterization()` exactly (see ../shared/REFERENCE.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -14,6 +14,11 @@ from torch import Tensor
 from .camera import Camera
 from .errors import UserError
 from .splats import Splats
+
+if TYPE_CHECKING:  # raster_cpu imports this module
+    import numpy as np
+
+    from .raster_cpu import FoldTaps, StoreWorkspace, TileStore
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 RasterizeMode = Literal["classic", "antialiased"]
@@ -193,3 +198,24 @@ def render_contributions(
 
     proj = project(splats, camera, near=near, far=far, eps2d=eps2d, rasterize_mode=rasterize_mode)
     return rasterize_contributions(proj)
+
+
+def render_store(
+    splats: Splats,
+    camera: Camera,
+    *,
+    valid: np.ndarray | None = None,
+    fold: FoldTaps | None = None,
+    workspace: StoreWorkspace | None = None,
+    rasterize_mode: RasterizeMode = "classic",
+    backend: Backend = "auto",
+) -> TileStore:
+    """`render_contributions` kept per 16x16 tile and grouped by Gaussian, in one pass (what lifting consumes):
+    see `raster_cpu.rasterize_store` for valid / fold / workspace. CPU kernel, like `render_contributions`."""
+    _check_common(splats, "RGB", rasterize_mode)
+    _pick_backend(backend, splats)
+    from .projection import project
+    from .raster_cpu import rasterize_store
+
+    proj = project(splats, camera, rasterize_mode=rasterize_mode)
+    return rasterize_store(proj, valid=valid, fold=fold, workspace=workspace)
