@@ -111,7 +111,7 @@ def run_one(scene: str, D: int, views: int, res: str) -> dict:
         t_p.append(t2 - t1)
         # The floor counts the render-size contributions (w > 0), whatever the map's resolution.
         contribs.append(_render_contributions(splats, cam, workspace) if res != "full" else store.num)
-        del store, F
+        del store, feats, fmap, F  # feats and fmap share F: keep no second map alive while the next one is drawn
     gemm, bw = _gemm_rate(D), _copy_bandwidth()
     M = float(np.mean(contribs))
     t_weights, t_product = float(np.median(t_w)), float(np.median(t_p))

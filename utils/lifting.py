@@ -207,7 +207,8 @@ def _strip_order(tiles_y: int, tiles_x: int) -> np.ndarray:
 
 
 def accumulate_view_reference(acc: Accumulator, contrib: Contributions, feats: Tensor, valid: Tensor | None = None) -> None:
-    """Pure-torch `accumulate_view` (index_add in float64), kept as the readable reference for tests."""
+    """Pure-torch lifting of one view from its `Contributions` and a render-size map (index_add in float64): the
+    readable reference `lift_view` is tested against."""
     H, W = contrib.height, contrib.width
     flat = feats.reshape(H * W, -1).double()
     w = contrib.weight.double()

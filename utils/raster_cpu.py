@@ -124,6 +124,29 @@ def _bin_kernel(gauss, tiles_x, tiles_y):  # pragma: no cover - numba
     return offsets, ranks
 
 
+@numba.njit(cache=True)
+def _radix_argsort(keys, idx):  # pragma: no cover - numba
+    """idx sorted by keys (uint32), stable: a least-significant-digit radix sort, 3 passes of 11 bits."""
+    n = keys.shape[0]
+    src_i, dst_i = idx.copy(), np.empty(n, idx.dtype)
+    src_k, dst_k = keys.copy(), np.empty(n, keys.dtype)
+    for shift in (0, 11, 22):
+        counts = np.zeros(2049, np.int64)
+        for m in range(n):
+            counts[((src_k[m] >> shift) & 2047) + 1] += 1
+        for b in range(2048):
+            counts[b + 1] += counts[b]
+        for m in range(n):
+            b = (src_k[m] >> shift) & 2047
+            pos = counts[b]
+            dst_k[pos] = src_k[m]
+            dst_i[pos] = src_i[m]
+            counts[b] = pos + 1
+        src_i, dst_i = dst_i, src_i
+        src_k, dst_k = dst_k, src_k
+    return src_i
+
+
 def bin_tiles(proj: Projection) -> TileBins:
     """Depth-sorted per-tile Gaussian lists for the valid Gaussians of `proj` (radii > 0 in both axes)."""
     tiles_x = (proj.width + TILE - 1) // TILE
@@ -132,14 +155,18 @@ def bin_tiles(proj: Projection) -> TileBins:
     radii = proj.radii.numpy()
     keep = np.flatnonzero(valid & (radii[:, 0] > 0) & (radii[:, 1] > 0)).astype(np.int32)
     depths = proj.depths.numpy()
-    # Stable sort on z (z >= near > 0, so float order = gsplat's bit-pattern order); ties keep index order.
-    order = keep[np.argsort(depths[keep], kind="stable")]
+    # Stable sort on z's bit pattern (z >= near > 0, so it orders like the float, as gsplat's radix sort of depth
+    # bits); ties keep index order.
+    assert depths.dtype == np.float32, depths.dtype
+    order = _radix_argsort(np.ascontiguousarray(depths[keep]).view(np.uint32), keep)
     gauss = _pack_kernel(order, proj.means2d.numpy(), proj.conics.numpy(), proj.opacities.numpy(), depths, radii)
     offsets, ranks = _bin_kernel(gauss, tiles_x, tiles_y)
     return TileBins(offsets, ranks, order, gauss, tiles_x, tiles_y)
 
 
-@numba.njit(cache=True)
+# The per-Gaussian helpers of `_tile_kernel` are inlined in numba's IR: a call would incref/decref every array
+# argument, once per Gaussian and tile (millions of times per view).
+@numba.njit(cache=True, inline="always")
 def _accumulate_rows(acc, colors, g, buf_li, buf_w, nb):  # pragma: no cover - numba
     # acc[li] += w * colors[g] for the pixels one Gaussian reached: a plain loop over D that LLVM vectorises
     # (inside the branchy pixel loop it would not be), which is what makes wide features cheap.
@@ -162,7 +189,6 @@ def _fold_add(cell, v, fbuf, mark, touched, nt, stamp):  # pragma: no cover - nu
     return nt
 
 
-# Inlined (numba IR): a call would incref/decref every array argument, per Gaussian run.
 @numba.njit(cache=True, inline="always")
 def _store_run(
     g, buf_li, buf_w, nb, i0, j0, width, valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo,
