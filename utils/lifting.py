@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .camera import Camera
 from .feature_sources.base import FeatureMap
+from .numba_prefetch import prefetch
 from .raster_cpu import TILE, FoldTaps, StoreWorkspace, TileStore
 from .render import Contributions, render_store
 from .splats import Splats
@@ -77,6 +78,10 @@ def _resize_valid(valid: Tensor, height: int, width: int) -> Tensor:
     return tF.interpolate(valid[None, None].float(), size=(height, width), mode="nearest")[0, 0] > 0.5
 
 
+# How many entries ahead the product starts fetching a run's accumulator row (random 2 KB rows of an N x D array).
+_PREFETCH_AHEAD = 16
+
+
 @numba.njit(parallel=True, cache=True, fastmath=True)
 def _grouped_kernel(
     numer, denom, seg_order, seg_start, seg_len, pixel, gaussian, weight, feats, nchunks
@@ -85,8 +90,9 @@ def _grouped_kernel(
     # row, write numer once per run. Column blocks per thread keep the writes race-free; a tile's feature rows stay in
     # cache across its runs. Four entries per pass over the row cut its loads/stores 4x (this reassociates each run's
     # float32 sum, a rounding-level change; fastmath lets LLVM vectorise the row updates).
-    # The first column block also adds each run's float64 sum of weights to denom.
+    # Each run's float64 sum of weights goes to denom by the thread with c = g % nchunks (race-free, balanced).
     D = feats.shape[1]
+    flat = numer.reshape(-1)
     for c in numba.prange(nchunks):
         d0 = c * D // nchunks
         d1 = (c + 1) * D // nchunks
@@ -100,7 +106,12 @@ def _grouped_kernel(
                 e = m
                 while e < M and gaussian[e] == g:
                     e += 1
-                if c == 0:
+                if m + _PREFETCH_AHEAD < M:
+                    ahead = np.int64(gaussian[m + _PREFETCH_AHEAD])
+                    for k in range(d0, d1, 16):  # one hint per 64-byte line
+                        prefetch(flat, ahead * D + k)
+                    prefetch(denom, ahead)
+                if g % nchunks == c:
                     sw = 0.0
                     for k in range(m, e):
                         sw += np.float64(weight[k])

@@ -180,24 +180,14 @@ def _accumulate_rows(acc, colors, g, buf_li, buf_w, nb):  # pragma: no cover - n
 
 
 @numba.njit(cache=True, inline="always")
-def _fold_add(cell, v, fbuf, mark, touched, nt, stamp):  # pragma: no cover - numba
-    if mark[cell] != stamp:
-        mark[cell] = stamp
-        touched[nt] = cell
-        nt += 1
-    fbuf[cell] += v
-    return nt
-
-
-@numba.njit(cache=True, inline="always")
 def _store_run(
     g, buf_li, buf_w, nb, i0, j0, width, valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo,
-    fbuf, mark, touched, stamp, s_pix, s_g, s_w, pos, end,
+    fbuf, s_pix, s_g, s_w, pos, end,
 ):  # pragma: no cover - numba
     """Append one Gaussian's entries in a tile (pixels within the tile `buf_li`, weights `buf_w`) to the store at
     `pos` (writes only below `end`, counts anyway). Pixels with valid_px False are dropped. fold: merge the
     entries' bilinear taps (the torch upsampling tables ty*/tx*) per low-res pixel of a w_lo-wide map first, in
-    first-touch order. Returns the new position."""
+    `fbuf` (the tile's low-res cells, all zero between calls), and emit them row by row. Returns the new position."""
     has_valid = valid_px.shape[0] > 0
     if not fold:
         for m in range(nb):
@@ -213,31 +203,33 @@ def _store_run(
         return pos
     one = _F(1.0)
     qy0, qx0 = ty0[i0], tx0[j0]
-    nt = 0
     stride = _FOLD_BOX
+    r_lo, r_hi, c_lo, c_hi = stride, -1, stride, -1  # the low-res cells touched (tile-local box)
     for m in range(nb):
         li = buf_li[m]
         i, j = i0 + li // TILE, j0 + li % TILE
         if has_valid and not valid_px[i * width + j]:
             continue
-        w = buf_w[m]
         ly, lx = tly[i], tlx[j]
-        r0, r1 = (ty0[i] - qy0) * stride, (ty1[i] - qy0) * stride
+        r0, r1 = ty0[i] - qy0, ty1[i] - qy0
         c0, c1 = tx0[j] - qx0, tx1[j] - qx0
-        nt = _fold_add(r0 + c0, w * (one - ly) * (one - lx), fbuf, mark, touched, nt, stamp)
-        nt = _fold_add(r0 + c1, w * (one - ly) * lx, fbuf, mark, touched, nt, stamp)
-        nt = _fold_add(r1 + c0, w * ly * (one - lx), fbuf, mark, touched, nt, stamp)
-        nt = _fold_add(r1 + c1, w * ly * lx, fbuf, mark, touched, nt, stamp)
-    for k in range(nt):
-        cell = touched[k]
-        v = fbuf[cell]
-        fbuf[cell] = 0
-        if v != 0:
-            if pos < end:
-                s_pix[pos] = (qy0 + cell // stride) * w_lo + qx0 + cell % stride
-                s_g[pos] = g
-                s_w[pos] = v
-            pos += 1
+        r_lo, r_hi = min(r_lo, r0), max(r_hi, r1)
+        c_lo, c_hi = min(c_lo, c0), max(c_hi, c1)
+        top, bottom = buf_w[m] * (one - ly), buf_w[m] * ly
+        fbuf[r0 * stride + c0] += top * (one - lx)
+        fbuf[r0 * stride + c1] += top * lx
+        fbuf[r1 * stride + c0] += bottom * (one - lx)
+        fbuf[r1 * stride + c1] += bottom * lx
+    for r in range(r_lo, r_hi + 1):
+        for c in range(c_lo, c_hi + 1):
+            v = fbuf[r * stride + c]
+            if v != 0:
+                fbuf[r * stride + c] = 0
+                if pos < end:
+                    s_pix[pos] = (qy0 + r) * w_lo + qx0 + c
+                    s_g[pos] = g
+                    s_w[pos] = v
+                pos += 1
     return pos
 
 
@@ -271,9 +263,6 @@ def _tile_kernel(
         pos = job * job_cap
         end = pos + job_cap
         fbuf = np.zeros(_FOLD_BOX * _FOLD_BOX if fold else 0, np.float32)
-        mark = np.zeros(_FOLD_BOX * _FOLD_BOX if fold else 0, np.int64)
-        touched = np.empty(4 * TILE * TILE if fold else 0, np.int64)
-        stamp = 0
         for q in range(job, n_tiles, n_jobs):
             t = tile_order[q]
             ty, tx = t // tiles_x, t % tiles_x
@@ -361,10 +350,9 @@ def _tile_kernel(
                     if do_color:
                         _accumulate_rows(acc, colors, g, buf_li, buf_w, nb)
                     if do_store:
-                        stamp += 1
                         pos = _store_run(
                             g, buf_li, buf_w, nb, i0, j0, width, valid_px, fold, ty0, ty1, tly, tx0, tx1, tlx, w_lo,
-                            fbuf, mark, touched, stamp, s_pix, s_g, s_w, pos, end,
+                            fbuf, s_pix, s_g, s_w, pos, end,
                         )  # fmt: skip
             if do_store:
                 tile_len[t] = pos - tile_start[t]
@@ -578,10 +566,12 @@ def rasterize_store(
         assert fold.h <= H and fold.w <= W and fold.y0.shape == (H,) and fold.x0.shape == (W,)
         taps = (True, fold.y0, fold.y1, fold.ly, fold.x0, fold.x1, fold.lx, fold.w)
     ws = workspace or StoreWorkspace()
-    # A first guess from the tile lists; a job that overflows its slice reports what it needed and the view is
-    # redone once with room for it.
-    per_isect = _STORE_GUESS[1 if fold else 0]
-    ws.reserve(n_jobs * (per_isect * bins.num_isects // n_jobs + 1024 * (per_isect > 0)))
+    # An empty workspace starts from a guess from the tile lists; a job that overflows its slice reports what it
+    # needed and the view is redone once with room for it. (Growing reallocates, and first touching ~0.7 GB of new
+    # pages costs about as much as the pass itself, so a workspace never grows on a guess.)
+    if ws.weight.shape[0] == 0:
+        per_isect = _STORE_GUESS[1 if fold else 0]
+        ws.reserve(n_jobs * (per_isect * bins.num_isects // n_jobs + 1024 * (per_isect > 0)))
     tile_start = np.zeros(n_tiles, np.int64)
     tile_len = np.zeros(n_tiles, np.int64)
     job_used = np.zeros(n_jobs, np.int64)
@@ -595,7 +585,7 @@ def rasterize_store(
         need = int(job_used.max())
         if need <= ws.weight.shape[0] // n_jobs:
             break
-        ws.reserve(n_jobs * (need + need // 8 + 1024))
+        ws.reserve(n_jobs * (need + need // 4 + 1024))
     grid = (H, W) if fold is None else (fold.h, fold.w)
     return TileStore(ws.pixel, ws.gaussian, ws.weight, tile_start, tile_len, H, W, *grid)
 
