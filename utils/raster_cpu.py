@@ -586,6 +586,7 @@ def rasterize_store(
         if need <= ws.weight.shape[0] // n_jobs:
             break
         ws.reserve(n_jobs * (need + need // 4 + 1024))
+    assert need <= ws.weight.shape[0] // n_jobs, (need, ws.weight.shape[0], n_jobs)  # the redo always fits
     grid = (H, W) if fold is None else (fold.h, fold.w)
     return TileStore(ws.pixel, ws.gaussian, ws.weight, tile_start, tile_len, H, W, *grid)
 
