@@ -83,6 +83,9 @@ def test_patch_features_equal_reference(weights):
 
 def test_batching_invariance_and_resize(weights):
     src = ClipSource(MODEL, weights, short_side=96)
+    assert src.batch_size == 4
+    src.batch_size = 2  # what `backproject.py --batch-views 2` does
+    assert src.batch_size == 2
     torch.manual_seed(2)
     images = torch.rand(2, 100, 150, 3)  # resized to 96 x 144
     both = src(images, cams(2, 100, 150))

@@ -31,6 +31,9 @@ def test_dino_features_shapes_reference_batching(weights):
     src = DinoSource(MODEL, weights, short_side=112)
     assert src.info.name == "dino" and src.info.space == f"dino:{MODEL}" and src.info.dim == 384
     assert src.info.text_encoder is None
+    assert src.batch_size == 2
+    src.batch_size = 3  # what `backproject.py --batch-views 3` does
+    assert src.batch_size == 3
     torch.manual_seed(1)
     images = torch.rand(2, 100, 150, 3)  # -> 112 x 168 -> 8 x 12 patches
     maps = src(images, cams(2, 100, 150))

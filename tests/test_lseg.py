@@ -186,6 +186,9 @@ def test_lseg_source_shapes_and_info(const_ckpt, random_net):
     src = LSegSource(const_ckpt, short_side=64)
     assert src.info.name == "lseg" and src.info.space == "clip:ViT-B-32-quickgelu" and src.info.dim == 512
     assert src.info.text_encoder == {"kind": "lseg", "checkpoint": str(const_ckpt.resolve())}
+    assert src.batch_size == 1  # CPU default
+    src.batch_size = 2  # what `backproject.py --batch-views 2` does
+    assert src.batch_size == 2
     src.net = random_net  # constant weights give degenerate features; check the resize/normalise path on random ones
     cams = [look_at([0, 0, -3], [0, 0, 0], [0, -1, 0], 150, 100) for _ in range(2)]
     torch.manual_seed(4)

@@ -71,6 +71,35 @@ class FeatureSource(ABC):
         return None
 
 
+class PatchEncoderSource(FeatureSource):
+    """A ViT patch encoder run on the renders: each is resized so its short side is ~`short_side` (sides multiples
+    of `patch`), normalised with `mean`/`std`, and `features` gives one unit vector per patch, which the engine
+    upsamples bilinearly. Subclasses set patch, short_side, mean, std ([1, 3, 1, 1]), device, batch_size and info."""
+
+    patch: int
+    short_side: int
+    mean: Tensor
+    std: Tensor
+    device: torch.device
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w): short side ~`short_side`, aspect kept, multiples of the patch."""
+        return patch_input_size(height, width, self.short_side, self.patch)
+
+    @abstractmethod
+    def features(self, x: Tensor) -> Tensor:
+        """x: [B, 3, h, w] normalised model input -> [B, h/p, w/p, D] unit features."""
+
+    def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
+        """images: [B, H, W, 3] RGB in [0, 1] -> B FeatureMaps [h/p, w/p, D] (resize="bilinear")."""
+        assert images.ndim == 4 and images.shape[-1] == 3 and images.shape[0] == len(cameras), images.shape
+        H, W = images.shape[1:3]
+        x = to_model_input(images, self.input_size(H, W), self.mean, self.std, self.device)
+        with torch.inference_mode():
+            feats = self.features(x).float()
+        return [FeatureMap(f, resize="bilinear") for f in feats]
+
+
 def unit_normalize(features: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """L2-normalise along `dim`; zero vectors stay zero."""
     return features / features.norm(dim=dim, keepdim=True).clamp_min(eps)

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..camera import Camera
 from ..errors import UserError
-from .base import FeatureMap, FeatureSource, SourceInfo, patch_input_size, to_model_input, unit_normalize
+from .base import PatchEncoderSource, SourceInfo, unit_normalize
 
 _OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -123,7 +122,7 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
     return sorted(set(starts))
 
 
-class ClipSource(FeatureSource):
+class ClipSource(PatchEncoderSource):
     """Dense CLIP features [h/p, w/p, D], unit per patch, in the text space of an open_clip ViT.
 
     model_name: open_clip model name (e.g. "ViT-B-16"); weights: local state-dict file (.pt/.bin/.safetensors).
@@ -165,7 +164,7 @@ class ClipSource(FeatureSource):
         std = getattr(self.visual, "image_std", None) or _OPENAI_STD
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._batch_size = batch_size or 4
+        self.batch_size = batch_size or 4
         dim = self.visual.proj.shape[1] if self.visual.proj is not None else self.visual.transformer.width
         self.info = SourceInfo(
             name="clip",
@@ -173,14 +172,6 @@ class ClipSource(FeatureSource):
             dim=int(dim),
             text_encoder={"kind": "open_clip", "model": model_name, "weights": str(self.weights)},
         )
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w): short side ~`short_side`, aspect kept, multiples of the patch."""
-        return patch_input_size(height, width, self.short_side, self.patch)
 
     def features(self, x: Tensor) -> Tensor:
         """x: [B, 3, h, w] normalised -> [B, h/p, w/p, D] unit features (windows averaged if set)."""
@@ -197,13 +188,3 @@ class ClipSource(FeatureSource):
                 acc[:, y0 // p : y0 // p + f.shape[1], x0 // p : x0 // p + f.shape[2]] += f
                 count[:, y0 // p : y0 // p + f.shape[1], x0 // p : x0 // p + f.shape[2]] += 1
         return unit_normalize(acc / count)
-
-    def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
-        """images: [B, H, W, 3] RGB in [0, 1] -> B FeatureMaps [h/p, w/p, D] (resize="bilinear")."""
-        assert images.ndim == 4 and images.shape[-1] == 3 and images.shape[0] == len(cameras), images.shape
-        H, W = images.shape[1:3]
-        h, w = self.input_size(H, W)
-        x = to_model_input(images, (h, w), self.mean, self.std, self.device)
-        with torch.inference_mode():
-            feats = self.features(x).float()
-        return [FeatureMap(f, resize="bilinear") for f in feats]

@@ -8,9 +8,8 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from ..camera import Camera
 from ..errors import UserError
-from .base import FeatureMap, FeatureSource, SourceInfo, patch_input_size, to_model_input, unit_normalize
+from .base import PatchEncoderSource, SourceInfo, unit_normalize
 
 
 def _read_weights(path: Path) -> dict[str, Tensor]:
@@ -52,7 +51,7 @@ def load_dino(model_name: str, weights: Path | str, device: str | torch.device =
     return model.float().to(device).eval()
 
 
-class DinoSource(FeatureSource):
+class DinoSource(PatchEncoderSource):
     """Patch features [h/p, w/p, C] of the last layer (after the final norm), unit per patch.
 
     short_side: the render is resized so its short side is ~this, sides rounded to multiples of the patch.
@@ -75,25 +74,11 @@ class DinoSource(FeatureSource):
         cfg = self.model.pretrained_cfg
         self.mean = torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406)), device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(cfg.get("std", (0.229, 0.224, 0.225)), device=self.device).view(1, 3, 1, 1)
-        self._batch_size = batch_size or 2
+        self.batch_size = batch_size or 2
         self.info = SourceInfo(name="dino", space=f"dino:{model_name}", dim=int(self.model.embed_dim))
 
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w): short side ~`short_side`, aspect kept, multiples of the patch."""
-        return patch_input_size(height, width, self.short_side, self.patch)
-
-    def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
-        """images: [B, H, W, 3] RGB in [0, 1] -> B FeatureMaps [h/p, w/p, C] (resize="bilinear")."""
-        assert images.ndim == 4 and images.shape[-1] == 3 and images.shape[0] == len(cameras), images.shape
-        H, W = images.shape[1:3]
-        h, w = self.input_size(H, W)
-        x = to_model_input(images, (h, w), self.mean, self.std, self.device)
-        with torch.inference_mode():
-            tokens = self.model.forward_features(x)  # [B, prefix + N, C], final norm applied
+    def features(self, x: Tensor) -> Tensor:
+        """x: [B, 3, h, w] normalised -> [B, h/p, w/p, C] unit patch tokens (prefix tokens dropped)."""
+        tokens = self.model.forward_features(x)  # [B, prefix + N, C], final norm applied
         patches = tokens[:, self.model.num_prefix_tokens :].float()
-        feats = unit_normalize(patches.reshape(x.shape[0], h // self.patch, w // self.patch, -1))
-        return [FeatureMap(f, resize="bilinear") for f in feats]
+        return unit_normalize(patches.reshape(x.shape[0], x.shape[2] // self.patch, x.shape[3] // self.patch, -1))

@@ -51,17 +51,13 @@ class LSegSource(FeatureSource):
         self.device = torch.device(device)
         self.net = load_lseg(self.checkpoint, device=self.device, normalization=normalization)
         self.autocast = autocast and self.device.type == "cuda"
-        self._batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
+        self.batch_size = batch_size or (4 if self.device.type == "cuda" else 1)
         self.info = SourceInfo(
             name="lseg",
             space=f"clip:{CLIP_MODEL}",
             dim=512,
             text_encoder={"kind": "lseg", "checkpoint": str(self.checkpoint)},
         )
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch_size
 
     def __call__(self, images: Tensor, cameras: list[Camera]) -> list[FeatureMap]:
         """images: [B, H, W, 3] RGB in [0, 1] -> B FeatureMaps with features [h/2, w/2, 512] (resize="bilinear")."""
