@@ -62,8 +62,11 @@ def test_llm_editor_in_browser(tmp_path: Path):
                 img = screenshot_rgb(page)
                 return gt.region_colors(img, box, "ball"), gt.region_colors(img, box, "table")
 
-            ball, table = colours()
-            assert frac_close(ball, COLORS["ball"]) > 0.8 and frac_close(table, COLORS["table"]) > 0.8
+            # The first frame of the chosen view may still be on its way to the page: poll, same bounds.
+            wait_shown(v, cid)
+            wait_until(lambda: (lambda b, t: frac_close(b, COLORS["ball"]) > 0.8
+                                and frac_close(t, COLORS["table"]) > 0.8)(*colours()),
+                       20, 0.2, what="the ball and table in their own colours in the browser")
 
             # "make the ball red": ball pixels red, table pixels unchanged
             type_command("make the ball red", 1)
