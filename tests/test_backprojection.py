@@ -20,6 +20,7 @@ from utils.feature_sources.base import FeatureMap, FeatureSource, SourceInfo
 from utils.feature_sources.maps_source import MapsSource
 from utils.feature_sources.rgb_source import RGBSource
 from utils.lifting import Accumulator, accumulate_view_reference, lift_view, resize_feature_map
+from utils.native import library as native_library
 from utils.render import render_contributions
 from utils.splats import Splats
 
@@ -89,15 +90,24 @@ def reference_lift(splats, cameras, maps: dict[str, torch.Tensor]):
 
 # Map sizes for a 61 x 83 render: the render size, smaller bilinear maps (one pixel, odd sizes, one axis only),
 # and a nearest (label-like) map, which is resized to the render instead of folded.
+# (61, 80): a map too close to the render size for the C kernel's fold (numba folds it).
 LIFT_MAPS = [((61, 83), "bilinear"), ((1, 1), "bilinear"), ((9, 13), "bilinear"), ((30, 41), "bilinear"),
-             ((61, 40), "bilinear"), ((20, 30), "nearest")]
+             ((61, 40), "bilinear"), ((61, 80), "bilinear"), ((20, 30), "nearest")]
 
 
+def _skip_without_native(native: bool) -> None:
+    if native and native_library() is None:
+        pytest.skip("native kernels unavailable here (no C compiler or no AVX-512)")
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["numba", "native"])
 @pytest.mark.parametrize("size,resize", LIFT_MAPS)
 @pytest.mark.parametrize("use_valid", [False, True])
-def test_lift_view_equals_float64_index_add(size, resize, use_valid):
+def test_lift_view_equals_float64_index_add(size, resize, use_valid, native):
     """lift_view (one-pass tile store, folded low-res taps, grouped product) equals the float64 index_add reference
-    of lifting the map resized to the render size, over the rasterizer's own weights; partial edge tiles included."""
+    of lifting the map resized to the render size, over the rasterizer's own weights; partial edge tiles included.
+    Both kernels: numba's and the C ones (whose weights match to float32 rounding: own exp, own fold order)."""
+    _skip_without_native(native)
     splats = random_splats(400, seed=3)
     cams = ring_cameras(3, 83, 61)
     g = torch.Generator().manual_seed(0)
@@ -105,31 +115,36 @@ def test_lift_view_equals_float64_index_add(size, resize, use_valid):
     for cam in cams:
         valid = torch.rand(*size, generator=g) > 0.2 if use_valid else None
         fmap = FeatureMap(torch.randn(*size, 37, generator=g), resize=resize, valid=valid)
-        lift_view(a, splats, cam, fmap)
+        lift_view(a, splats, cam, fmap, native=native)
         feats, valid_up = resize_feature_map(fmap, 61, 83)
         accumulate_view_reference(ref, render_contributions(splats, cam), feats, valid_up)
     assert (ref.denom > 0).sum() > 300
     torch.testing.assert_close(a.numer, ref.numer, rtol=1e-5, atol=2e-5)
     # Folded weights are float32 sums of a tile's taps: the denominator matches to float32 rounding then.
     folded = resize == "bilinear" and size != (61, 83)
-    torch.testing.assert_close(a.denom, ref.denom, rtol=1e-6 if folded else 1e-12, atol=1e-12)
+    rtol = 5e-6 if native else 1e-6 if folded else 1e-12
+    torch.testing.assert_close(a.denom, ref.denom, rtol=rtol, atol=1e-12)
 
 
-def test_store_overflow_retry_gives_the_same_sums(monkeypatch):
+@pytest.mark.parametrize("native", [False, True], ids=["numba", "native"])
+@pytest.mark.parametrize("size", [(20, 30), (61, 83)])
+def test_store_overflow_retry_gives_the_same_sums(monkeypatch, native, size):
     """A store too small for the view (first guess forced to almost nothing) is regrown and the view redone: the
-    result is bitwise the one of a store that fitted at once."""
+    result is bitwise the one of a store that fitted at once (folded and not, both kernels)."""
     from utils import raster_cpu
 
+    _skip_without_native(native)
     splats = random_splats(400, seed=3)
     cam = ring_cameras(3, 83, 61)[0]
-    fmap = FeatureMap(torch.randn(20, 30, 16, generator=torch.Generator().manual_seed(1)))
+    fmap = FeatureMap(torch.randn(*size, 16, generator=torch.Generator().manual_seed(1)))
     a, b = Accumulator.zeros(400, 16), Accumulator.zeros(400, 16)
-    lift_view(a, splats, cam, fmap)
+    lift_view(a, splats, cam, fmap, native=native)
     calls = []
-    kernel = raster_cpu._tile_kernel
+    name = "_native_store" if native else "_tile_kernel"
+    kernel = getattr(raster_cpu, name)
     monkeypatch.setattr(raster_cpu, "_STORE_GUESS", (0, 0))
-    monkeypatch.setattr(raster_cpu, "_tile_kernel", lambda *args: (calls.append(1), kernel(*args)))
-    lift_view(b, splats, cam, fmap)
+    monkeypatch.setattr(raster_cpu, name, lambda *args: (calls.append(1), kernel(*args))[1])
+    lift_view(b, splats, cam, fmap, native=native)
     assert len(calls) == 2  # overflowed, then redone
     assert torch.equal(a.numer, b.numer) and torch.equal(a.denom, b.denom)
 

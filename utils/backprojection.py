@@ -82,7 +82,7 @@ def _load_partial(path: Path, splats_hash: str, num: int, dim: int, source: str,
     unknown = sorted(set(done) - set(views))
     if unknown:
         raise UserError(f"{path}: resume file lists views not in this run ({unknown[0]}, ...); delete it to start over")
-    return Accumulator(numer.float(), denom.double(), done)
+    return Accumulator(numer.float().contiguous(), denom.double().contiguous(), done)
 
 
 def _save_partial(path: Path, acc: Accumulator, splats_hash: str, source: str) -> None:

@@ -18,6 +18,8 @@ from torch import Tensor
 
 from .camera import Camera
 from .feature_sources.base import FeatureMap
+from .native import library as native_library
+from .native import ptr, run_parallel
 from .numba_prefetch import prefetch
 from .raster_cpu import TILE, FoldTaps, StoreWorkspace, TileStore
 from .render import Contributions, render_store
@@ -157,6 +159,7 @@ def lift_view(
     *,
     workspace: StoreWorkspace | None = None,
     backend: str = "auto",
+    native: bool | None = None,
 ) -> None:
     """Add one view's sum_p w F and sum_p w to `acc` in place, given the source's own-resolution map.
 
@@ -165,9 +168,10 @@ def lift_view(
     resolution. Invalid pixels (fmap.valid) contribute nothing.
     workspace: reuse its buffers across views (pass the same one for every view of a job).
     backend: validated like `render`'s; the weights always come from the CPU kernel.
+    native: the C kernels (`utils.native`) or numba's, see `accumulate_store`.
     """
-    store, feats = view_weights(splats, camera, fmap, workspace=workspace, backend=backend)
-    accumulate_store(acc, store, feats)
+    store, feats = view_weights(splats, camera, fmap, workspace=workspace, backend=backend, native=native)
+    accumulate_store(acc, store, feats, native=native)
 
 
 def view_weights(
@@ -177,6 +181,7 @@ def view_weights(
     *,
     workspace: StoreWorkspace | None = None,
     backend: str = "auto",
+    native: bool | None = None,
 ) -> tuple[TileStore, np.ndarray]:
     """The first half of `lift_view`: the view's weights on the map's own grid (folded when it is a smaller bilinear
     map, else at the render size) and the matching features [grid_h * grid_w, D] float32."""
@@ -190,23 +195,39 @@ def view_weights(
         valid = None if fmap.valid is None else _resize_valid(fmap.valid, H, W)
         fold = FoldTaps(h, w, *_bilinear_taps(H, h), *_bilinear_taps(W, w))
     valid_np = None if valid is None else valid.reshape(-1).contiguous().numpy()
-    store = render_store(splats, camera, valid=valid_np, fold=fold, workspace=workspace, backend=backend)
+    store = render_store(splats, camera, valid=valid_np, fold=fold, workspace=workspace, backend=backend, native=native)
     return store, feats.reshape(-1, D).float().contiguous().numpy()
 
 
-def accumulate_store(acc: Accumulator, store: TileStore, feats: np.ndarray) -> None:
+def accumulate_store(acc: Accumulator, store: TileStore, feats: np.ndarray, *, native: bool | None = None) -> None:
     """The second half of `lift_view`: numer += sum w F and denom += sum w over the store's entries.
 
     feats: [store.grid_h * store.grid_w, D] float32.
+    native: the C kernel (`utils.native`, 1.2-1.7x faster) if available when None; False = numba; True = C or an error.
     """
     assert feats.shape == (store.grid_h * store.grid_w, acc.numer.shape[1]), (feats.shape, acc.numer.shape)
+    assert feats.dtype == np.float32 and feats.flags.c_contiguous, (feats.dtype, feats.flags)
     tiles_y, tiles_x = (store.height + TILE - 1) // TILE, (store.width + TILE - 1) // TILE
     D = feats.shape[1]
-    nchunks = max(1, min(numba.get_num_threads(), D // 8))
-    _grouped_kernel(
-        acc.numer.numpy(), acc.denom.numpy(), _strip_order(tiles_y, tiles_x), store.tile_start, store.tile_len,
-        store.pixel, store.gaussian, store.weight, feats, nchunks,
-    )  # fmt: skip
+    numer, denom = acc.numer.numpy(), acc.denom.numpy()
+    seg_order = _strip_order(tiles_y, tiles_x)
+    lib = None if native is False else native_library()
+    if native and lib is None:
+        raise RuntimeError("native lifting kernels unavailable")
+    if lib is None:
+        nchunks = max(1, min(numba.get_num_threads(), D // 8))
+        _grouped_kernel(
+            numer, denom, seg_order, store.tile_start, store.tile_len, store.pixel, store.gaussian, store.weight,
+            feats, nchunks,
+        )  # fmt: skip
+        return
+    # Column blocks per thread, whole 16-float vectors each (the last takes the remainder).
+    nchunks = max(1, min(numba.get_num_threads(), D // 16))
+    bounds = [c * (D // 16) // nchunks * 16 for c in range(nchunks)] + [D]
+    tail = (ptr(seg_order), seg_order.shape[0], ptr(store.tile_start), ptr(store.tile_len), ptr(store.pixel),
+            ptr(store.gaussian), ptr(store.weight), ptr(feats))  # fmt: skip
+    args = [(ptr(numer), ptr(denom), D, bounds[c], bounds[c + 1], *tail, c, nchunks) for c in range(nchunks)]
+    run_parallel(lib.gw_product, args)
 
 
 def _strip_order(tiles_y: int, tiles_x: int) -> np.ndarray:

@@ -209,13 +209,14 @@ def render_store(
     workspace: StoreWorkspace | None = None,
     rasterize_mode: RasterizeMode = "classic",
     backend: Backend = "auto",
+    native: bool | None = None,
 ) -> TileStore:
     """`render_contributions` kept per 16x16 tile and grouped by Gaussian, in one pass (what lifting consumes):
-    see `raster_cpu.rasterize_store` for valid / fold / workspace. CPU kernel, like `render_contributions`."""
+    see `raster_cpu.rasterize_store` for valid / fold / workspace / native. CPU kernel, like `render_contributions`."""
     _check_common(splats, "RGB", rasterize_mode)
     _pick_backend(backend, splats)
     from .projection import project
     from .raster_cpu import rasterize_store
 
     proj = project(splats, camera, rasterize_mode=rasterize_mode)
-    return rasterize_store(proj, valid=valid, fold=fold, workspace=workspace)
+    return rasterize_store(proj, valid=valid, fold=fold, workspace=workspace, native=native)
