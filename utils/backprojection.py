@@ -68,7 +68,7 @@ def _load_partial(path: Path, splats_hash: str, num: int, dim: int, source: str,
     except Exception as e:
         raise UserError(f"{path}: unreadable resume file ({type(e).__name__}); delete it to start over") from None
     numer, denom = obj.get("numer"), obj.get("denom")
-    if numer is None or denom is None or numer.ndim != 2:
+    if numer is None or denom is None or numer.ndim != 2 or denom.shape != numer.shape[:1]:
         raise UserError(f"{path}: not a resume file; delete it to start over")
     if numer.shape[0] != num:
         raise UserError(
@@ -82,7 +82,11 @@ def _load_partial(path: Path, splats_hash: str, num: int, dim: int, source: str,
     unknown = sorted(set(done) - set(views))
     if unknown:
         raise UserError(f"{path}: resume file lists views not in this run ({unknown[0]}, ...); delete it to start over")
-    return Accumulator(numer.float().contiguous(), denom.double().contiguous(), done)
+    acc = Accumulator.zeros(num, dim)
+    acc.numer.copy_(numer)
+    acc.denom.copy_(denom)
+    acc.views_done = done
+    return acc
 
 
 def _save_partial(path: Path, acc: Accumulator, splats_hash: str, source: str) -> None:

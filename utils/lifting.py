@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .camera import Camera
 from .feature_sources.base import FeatureMap
+from .memory import huge_page_zeros
 from .native import library as native_library
 from .native import ptr, run_parallel
 from .numba_prefetch import prefetch
@@ -42,7 +43,7 @@ class Accumulator:
     @staticmethod
     def zeros(num_gaussians: int, dim: int) -> "Accumulator":
         return Accumulator(
-            torch.zeros(num_gaussians, dim, dtype=torch.float32),
+            huge_page_zeros(num_gaussians, dim),  # rows are updated in random order: spare the TLB
             torch.zeros(num_gaussians, dtype=torch.float64),
             [],
         )

@@ -17,6 +17,7 @@
 #define TILE 16
 #define FOLD_BOX (TILE + 2)
 #define NPX (TILE * TILE)
+#define GAUSS_AHEAD 8 /* tile-list entries to prefetch ahead */
 
 int gw_has_avx512(void) { return 1; }
 
@@ -105,8 +106,16 @@ int64_t gw_store_job(
         }
         tile_start[t] = pos;
         int64_t ndone = 0;
-        for (int64_t k = offsets[t]; k < offsets[t + 1]; k++) {
+        const int64_t k_end = offsets[t + 1];
+        for (int64_t k = offsets[t]; k < k_end; k++) {
             if (ndone == npx) break; /* every pixel of the tile is saturated */
+            if (k + GAUSS_AHEAD < k_end) {
+                /* The packed Gaussians of a tile's list are scattered through a ~40 MB array: start loading ahead. */
+                const int32_t ra = ranks[k + GAUSS_AHEAD];
+                _mm_prefetch((const char *)(gauss + (int64_t)ra * 10), _MM_HINT_T0);
+                _mm_prefetch((const char *)(gauss + (int64_t)ra * 10) + 36, _MM_HINT_T0);
+                _mm_prefetch((const char *)(order + ra), _MM_HINT_T0);
+            }
             const int32_t r = ranks[k];
             const int32_t g = order[r];
             const float *G = gauss + (int64_t)r * 10;
