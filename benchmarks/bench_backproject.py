@@ -7,7 +7,8 @@ D-dimensional product, contributions per second, peak RSS, and the floor of the 
     memory floor  = (bytes of F read once + bytes of the accumulator written once) / copy bandwidth (same process)
     floor = max(compute, memory); ratio = measured time / floor.
 Feature maps come full-resolution ("full") or at LSeg's output resolution (1/2 of a 480-short-side input,
-"lseg-res"), where the engine folds the bilinear upsampling into the weights.
+"lseg-res"), where the engine folds the bilinear upsampling into the weights. The kernels are the native ones when
+they can be built (FEATURE_SPLATTING_NATIVE=0 / =avx2 to measure numba's / the AVX2 build); the table says which.
 
     .venv/bin/python benchmarks/bench_backproject.py [--scenes plant,1m,5m] [--dims 64,512] [--views 2]
 """
@@ -137,7 +138,16 @@ def run_one(scene: str, D: int, views: int, res: str) -> dict:
         "ratio": total / floor,
         "product_ratio": t_product / floor,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "kernels": _kernels(),
     }
+
+
+def _kernels() -> str:
+    """Which lifting kernels ran: the native ones (and their vector width) or numba's."""
+    from utils.native import vector_bits
+
+    bits = vector_bits()
+    return f"C {bits}-bit" if bits else "numba"
 
 
 def main() -> None:
@@ -173,6 +183,7 @@ COLS = [
     ("contributions", "contribs", "{:,}"), ("weights_s", "weights s", "{:.3f}"), ("product_s", "product s", "{:.3f}"),
     ("total_s", "total s", "{:.3f}"), ("contrib_per_s", "contrib/s", "{:.3g}"), ("floor_s", "floor s", "{:.3f}"),
     ("ratio", "total/floor", "{:.2f}"), ("product_ratio", "product/floor", "{:.2f}"), ("peak_rss_gb", "peak GB", "{:.1f}"),
+    ("kernels", "kernels", "{}"),
 ]  # fmt: skip
 
 if __name__ == "__main__":

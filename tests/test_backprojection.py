@@ -20,7 +20,6 @@ from utils.feature_sources.base import FeatureMap, FeatureSource, SourceInfo
 from utils.feature_sources.maps_source import MapsSource
 from utils.feature_sources.rgb_source import RGBSource
 from utils.lifting import Accumulator, accumulate_view_reference, lift_view, resize_feature_map
-from utils.native import library as native_library
 from utils.render import render_contributions
 from utils.splats import Splats
 
@@ -95,19 +94,13 @@ LIFT_MAPS = [((61, 83), "bilinear"), ((1, 1), "bilinear"), ((9, 13), "bilinear")
              ((61, 40), "bilinear"), ((61, 80), "bilinear"), ((20, 30), "nearest")]
 
 
-def _skip_without_native(native: bool) -> None:
-    if native and native_library() is None:
-        pytest.skip("native kernels unavailable here (no C compiler or no AVX-512)")
-
-
-@pytest.mark.parametrize("native", [False, True], ids=["numba", "native"])
 @pytest.mark.parametrize("size,resize", LIFT_MAPS)
 @pytest.mark.parametrize("use_valid", [False, True])
-def test_lift_view_equals_float64_index_add(size, resize, use_valid, native):
+def test_lift_view_equals_float64_index_add(size, resize, use_valid, kernel):
     """lift_view (one-pass tile store, folded low-res taps, grouped product) equals the float64 index_add reference
     of lifting the map resized to the render size, over the rasterizer's own weights; partial edge tiles included.
-    Both kernels: numba's and the C ones (whose weights match to float32 rounding: own exp, own fold order)."""
-    _skip_without_native(native)
+    All kernels: numba's and the C ones (whose weights match to float32 rounding: own exp, own fold order)."""
+    native = kernel
     splats = random_splats(400, seed=3)
     cams = ring_cameras(3, 83, 61)
     g = torch.Generator().manual_seed(0)
@@ -126,14 +119,13 @@ def test_lift_view_equals_float64_index_add(size, resize, use_valid, native):
     torch.testing.assert_close(a.denom, ref.denom, rtol=rtol, atol=1e-12)
 
 
-@pytest.mark.parametrize("native", [False, True], ids=["numba", "native"])
 @pytest.mark.parametrize("size", [(20, 30), (61, 83)])
-def test_store_overflow_retry_gives_the_same_sums(monkeypatch, native, size):
+def test_store_overflow_retry_gives_the_same_sums(monkeypatch, kernel, size):
     """A store too small for the view (first guess forced to almost nothing) is regrown and the view redone: the
-    result is bitwise the one of a store that fitted at once (folded and not, both kernels)."""
+    result is bitwise the one of a store that fitted at once (folded and not, every kernel)."""
     from utils import raster_cpu
 
-    _skip_without_native(native)
+    native = kernel
     splats = random_splats(400, seed=3)
     cam = ring_cameras(3, 83, 61)[0]
     fmap = FeatureMap(torch.randn(*size, 16, generator=torch.Generator().manual_seed(1)))

@@ -45,3 +45,38 @@ def test_builds_once_into_the_cache(monkeypatch, tmp_path, fresh_library) -> Non
     mtime = built[0].stat().st_mtime_ns
     fresh_library.cache_clear()
     assert fresh_library() is not None and built[0].stat().st_mtime_ns == mtime  # loaded, not rebuilt
+
+
+def test_avx2_and_avx512_kernels_give_the_same_bits(monkeypatch) -> None:
+    """The AVX2 build does every float operation of the AVX-512 one in the same order: same store, same sums."""
+    import numpy as np
+    import torch
+
+    from test_backprojection import random_splats, ring_cameras
+    from utils.feature_sources.base import FeatureMap
+    from utils.lifting import Accumulator, lift_view
+    from utils.native import vector_bits
+
+    splats = random_splats(400, seed=5)
+    cams = ring_cameras(2, 83, 61)
+    g = torch.Generator().manual_seed(2)
+    maps = [FeatureMap(torch.randn(*size, 40, generator=g), valid=torch.rand(*size, generator=g) > 0.2)
+            for size in ((61, 83), (20, 30))]  # fmt: skip
+    results = {}
+    try:
+        for mode, bits in (("1", 512), ("avx2", 256)):
+            monkeypatch.setenv("FEATURE_SPLATTING_NATIVE", mode)
+            library.cache_clear()
+            if vector_bits() != bits:
+                pytest.skip(f"no {bits}-bit native kernels on this machine")
+            acc = Accumulator.zeros(400, 40)
+            for cam in cams:
+                for fmap in maps:
+                    lift_view(acc, splats, cam, fmap, native=True)
+            results[mode] = acc
+    finally:
+        library.cache_clear()
+    a, b = results["1"], results["avx2"]
+    assert (a.denom > 0).sum() > 300
+    assert np.array_equal(a.numer.numpy().view(np.int32), b.numer.numpy().view(np.int32))
+    assert np.array_equal(a.denom.numpy().view(np.int64), b.denom.numpy().view(np.int64))

@@ -619,7 +619,7 @@ def _native_store_library(native: bool | None, fold: FoldTaps | None, width: int
     # The C kernel folds a tile's 16 columns onto at most 16 map columns (one vector): true for any map at least
     # ~7% smaller than the render; larger ones take the numba kernel.
     if native and lib is None:
-        raise RuntimeError("native lifting kernels unavailable (no C compiler or no AVX-512)")
+        raise RuntimeError("native lifting kernels unavailable (no C compiler, or a CPU without AVX2)")
     return lib if fold is None or _fold_columns(fold, width) <= TILE else None
 
 

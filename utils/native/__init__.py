@@ -1,9 +1,10 @@
-"""Native lifting kernels (`kernels.c`: C with AVX-512 intrinsics), compiled on first use and cached.
+"""Native lifting kernels (`kernels.c`: C with AVX-512 or AVX2 intrinsics), compiled on first use and cached.
 
-`library()` returns the loaded library, or None when it can't be had (no C compiler, a CPU without AVX-512, the build
-failed, or FEATURE_SPLATTING_NATIVE=0): the numba kernels then do the same work, 2-3x slower. The build is
+`library()` returns the loaded library, or None when it can't be had (no C compiler, a CPU without AVX2 and FMA, the
+build failed, or FEATURE_SPLATTING_NATIVE=0): the numba kernels then do the same work, 2-3x slower. The build is
 `cc -O3 -march=native` into `$XDG_CACHE_HOME/feature-splatting/native/` (or FEATURE_SPLATTING_CACHE), keyed by the
-source, the flags, the compiler and the CPU, so it happens once per machine (~1 s).
+source, the flags, the compiler and the CPU, so it happens once per machine (~1 s). FEATURE_SPLATTING_NATIVE=avx2
+builds the AVX2 kernels on an AVX-512 machine (they give the same bits; the tests use it).
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
-def _build(cc: str) -> Path:
+def _build(cc: str, flags: list[str]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(_FLAGS), version, _cpu_id()]).encode())
+    key = hashlib.sha256("\0".join([_SOURCE.read_text(), " ".join(flags), version, _cpu_id()]).encode())
     out = _cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if out.exists():
         return out
@@ -61,7 +62,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
         os.replace(tmp, out)
@@ -74,22 +75,30 @@ def _build(cc: str) -> Path:
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The native kernels, or None (see the module docstring)."""
-    if os.environ.get("FEATURE_SPLATTING_NATIVE", "1") == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
+    mode = os.environ.get("FEATURE_SPLATTING_NATIVE", "1")
+    if mode == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         return None
+    flags = _FLAGS + (["-mno-avx512f"] if mode == "avx2" else [])
     try:
-        lib = ctypes.CDLL(str(_build(cc)))
+        lib = ctypes.CDLL(str(_build(cc, flags)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(f"native lifting kernels unavailable ({cc}: {e}); using the numba kernels", stacklevel=2)
         return None
-    if not lib.gw_has_avx512():
-        return None  # built without AVX-512 (the CPU lacks it): only the numba kernels exist for it
+    if not lib.gw_isa():
+        return None  # the CPU has neither AVX-512 nor AVX2 + FMA: only the numba kernels exist for it
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+def vector_bits() -> int:
+    """512 or 256: the vector width the native kernels were built for; 0 when they are not available."""
+    lib = library()
+    return 0 if lib is None else int(lib.gw_isa())
 
 
 def ptr(a: np.ndarray | None) -> int | None:
