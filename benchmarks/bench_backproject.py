@@ -83,6 +83,7 @@ def _render_contributions(splats, cam, workspace) -> int:
 def run_one(scene: str, D: int, views: int, res: str) -> dict:
     from utils.feature_sources.base import FeatureMap
     from utils.lifting import Accumulator, accumulate_store, view_weights
+    from utils.native import kernels_name
     from utils.raster_cpu import StoreWorkspace
 
     splats, cams = _scene(scene)
@@ -138,16 +139,8 @@ def run_one(scene: str, D: int, views: int, res: str) -> dict:
         "ratio": total / floor,
         "product_ratio": t_product / floor,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "kernels": _kernels(),
+        "kernels": kernels_name(),
     }
-
-
-def _kernels() -> str:
-    """Which lifting kernels ran: the native ones (and their vector width) or numba's."""
-    from utils.native import vector_bits
-
-    bits = vector_bits()
-    return f"C {bits}-bit" if bits else "numba"
 
 
 def main() -> None:

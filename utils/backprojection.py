@@ -17,6 +17,7 @@ from .errors import UserError
 from .feature_sources.base import FeatureMap, FeatureSource
 from .features_file import FeatureField, save_feature_field
 from .lifting import Accumulator, lift_view
+from .native import kernels_name
 from .raster_cpu import StoreWorkspace
 from .render import render
 from .splats import Splats
@@ -143,7 +144,7 @@ def lift_features(
     todo = [c for c in my_views if c.name not in done]
 
     bar = tqdm(
-        total=len(my_views), initial=len(my_views) - len(todo), desc=f"lifting {info.name}", unit="view",
+        total=len(my_views), initial=len(my_views) - len(todo), desc=f"lifting {info.name} ({kernels_name()})", unit="view",
         disable=not options.progress or dist_info.rank != 0,
     )
     since_ckpt = 0

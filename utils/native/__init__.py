@@ -101,6 +101,11 @@ def vector_bits() -> int:
     return 0 if lib is None else int(lib.gw_isa())
 
 
+def kernels_name() -> str:
+    """Which lifting kernels run here, for progress bars and benchmark tables: "C/AVX-512", "C/AVX2" or "numba"."""
+    return {512: "C/AVX-512", 256: "C/AVX2"}.get(vector_bits(), "numba")
+
+
 def ptr(a: np.ndarray | None) -> int | None:
     """The data address of a C-contiguous array (None for None), for a ctypes call."""
     if a is None:
