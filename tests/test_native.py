@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from utils.native import library
+from utils.native import library, select
 
 
 @pytest.fixture
@@ -22,6 +22,9 @@ def fresh_library():
 def test_disabled_by_environment(monkeypatch, fresh_library) -> None:
     monkeypatch.setenv("FEATURE_SPLATTING_NATIVE", "0")
     assert fresh_library() is None
+    assert select(None) is None and select(False) is None
+    with pytest.raises(RuntimeError, match="native lifting kernels unavailable"):
+        select(True)  # asked for explicitly: an error, not a silent fallback
 
 
 def test_failed_build_warns_and_falls_back(monkeypatch, tmp_path, fresh_library) -> None:

@@ -19,8 +19,8 @@ from torch import Tensor
 from .camera import Camera
 from .feature_sources.base import FeatureMap
 from .memory import huge_page_zeros
-from .native import library as native_library
 from .native import ptr, run_parallel
+from .native import select as select_native
 from .numba_prefetch import prefetch
 from .raster_cpu import TILE, FoldTaps, StoreWorkspace, TileStore
 from .render import Contributions, render_store
@@ -212,9 +212,7 @@ def accumulate_store(acc: Accumulator, store: TileStore, feats: np.ndarray, *, n
     D = feats.shape[1]
     numer, denom = acc.numer.numpy(), acc.denom.numpy()
     seg_order = _strip_order(tiles_y, tiles_x)
-    lib = None if native is False else native_library()
-    if native and lib is None:
-        raise RuntimeError("native lifting kernels unavailable")
+    lib = select_native(native)
     if lib is None:
         nchunks = max(1, min(numba.get_num_threads(), D // 8))
         _grouped_kernel(

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .native import ptr, run_parallel
+from .native import select as select_native
 from .projection import ALPHA_THRESHOLD, Projection
 from .render import Contributions
 
@@ -611,15 +613,9 @@ def rasterize_store(
 
 def _native_store_library(native: bool | None, fold: FoldTaps | None, width: int):
     """The native library if `rasterize_store` should use it (see its `native`), else None."""
-    if native is False:
-        return None
-    from .native import library
-
-    lib = library()
+    lib = select_native(native)
     # The C kernel folds a tile's 16 columns onto at most 16 map columns (one vector): true for any map at least
     # ~7% smaller than the render; larger ones take the numba kernel.
-    if native and lib is None:
-        raise RuntimeError("native lifting kernels unavailable (no C compiler, or a CPU without AVX2)")
     return lib if fold is None or _fold_columns(fold, width) <= TILE else None
 
 
@@ -632,8 +628,6 @@ def _fold_columns(fold: FoldTaps, width: int) -> int:
 
 def _native_store(lib, bins: TileBins, order, n_jobs, W, H, valid, fold, ws, tile_start, tile_len) -> list[int]:
     """`_tile_kernel`'s store mode in the C kernel, one thread per job; returns each job's entries needed."""
-    from .native import ptr, run_parallel
-
     cap = ws.weight.shape[0] // n_jobs
     if fold is None:
         taps = (0, None, None, None, None, None, None, 0)

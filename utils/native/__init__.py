@@ -95,6 +95,17 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def select(native: bool | None) -> ctypes.CDLL | None:
+    """The library a kernel call should use for its `native` argument: None = when available, False = never (the
+    numba kernels), True = always (an error when it is unavailable)."""
+    if native is False:
+        return None
+    lib = library()
+    if native and lib is None:
+        raise RuntimeError("native lifting kernels unavailable (no C compiler, or a CPU without AVX2)")
+    return lib
+
+
 def vector_bits() -> int:
     """512 or 256: the vector width the native kernels were built for; 0 when they are not available."""
     lib = library()
